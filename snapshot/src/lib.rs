@@ -1,0 +1,100 @@
+//! The snapshot contract between the Gatehouse controller and its data
+//! planes: the protobuf types, the gRPC service, and the version seal.
+//!
+//! The `.proto` file documents every field. Prost types are meant to be used
+//! in two places only: the controller's encoder and the data plane's decoder.
+
+#[allow(clippy::all, clippy::pedantic)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/gatehouse.snapshot.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/gatehouse.snapshot.v1.serde.rs"));
+}
+
+pub use generated::*;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+/// The version a snapshot's content hashes to: hex SHA-256 (first 16 bytes)
+/// of the snapshot encoded with an empty `version`.
+pub fn content_version(snapshot: &Snapshot) -> String {
+    let mut unversioned = snapshot.clone();
+    unversioned.version.clear();
+    let digest = Sha256::digest(unversioned.encode_to_vec());
+    hex::encode(&digest[..16])
+}
+
+/// Sets `version` to the content version.
+pub fn seal(snapshot: &mut Snapshot) {
+    snapshot.version = content_version(snapshot);
+}
+
+/// Reads a snapshot from protobuf bytes or from its JSON form (proto3 JSON
+/// mapping), whichever the bytes look like.
+pub fn decode_any(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))
+    } else {
+        Snapshot::decode(bytes).map_err(|e| DecodeError(e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "snapshot does not decode: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            group: "default".into(),
+            clusters: vec![Cluster {
+                name: "ns/svc:80".into(),
+                endpoints: vec![Endpoint {
+                    address: "127.0.0.1".into(),
+                    port: 8080,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn version_ignores_previous_version_and_follows_content() {
+        let mut a = sample();
+        seal(&mut a);
+        let mut b = sample();
+        b.version = "stale".into();
+        seal(&mut b);
+        assert_eq!(a.version, b.version);
+        b.clusters[0].endpoints[0].port = 8081;
+        seal(&mut b);
+        assert_ne!(a.version, b.version);
+    }
+
+    #[test]
+    fn json_and_protobuf_decode_to_the_same_snapshot() {
+        let mut s = sample();
+        seal(&mut s);
+        let json = serde_json::to_vec(&s).unwrap();
+        assert_eq!(decode_any(&json).unwrap(), s);
+        assert_eq!(decode_any(&s.encode_to_vec()).unwrap(), s);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_any(b"{ not json").is_err());
+        assert!(decode_any(&[0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+}
