@@ -1,1 +1,132 @@
-fn main() {}
+//! An echo backend for the quickstart, the end-to-end tests and the
+//! benchmarks.
+//!
+//! Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one socket. Each
+//! response carries `x-echo-name` and, unless `--body` fixes the body, a JSON
+//! description of the request as the backend saw it, so tests can assert what
+//! the gateway forwarded. Once the socket is bound it prints exactly one line,
+//! `listening on IP:PORT`, which callers use as the readiness signal.
+
+use std::{collections::BTreeMap, convert::Infallible, io::Write, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse-echo", about = "Echo backend for Gatehouse")]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Name reported in `x-echo-name` and in the JSON body.
+    #[arg(long, default_value = "echo")]
+    name: String,
+    /// Fixed response body instead of the JSON echo (for benchmarks).
+    #[arg(long)]
+    body: Option<String>,
+}
+
+struct Echo {
+    name: Arc<str>,
+    fixed_body: Option<Bytes>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let echo = Arc::new(Echo {
+        name: args.name.into(),
+        fixed_body: args.body.map(Bytes::from),
+    });
+    let local = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}")?;
+        out.flush()?;
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let echo = echo.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let echo = echo.clone();
+                        async move { Ok::<_, Infallible>(echo.respond(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+impl Echo {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let builder = Response::builder().header("x-echo-name", &*self.name);
+        if let Some(body) = &self.fixed_body {
+            return builder
+                .header("content-type", "text/plain")
+                .body(Full::new(body.clone()))
+                .expect("static response parts are valid");
+        }
+        let (parts, body) = req.into_parts();
+        let body_len = match body.collect().await {
+            Ok(collected) => collected.to_bytes().len(),
+            Err(_) => 0,
+        };
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in &parts.headers {
+            headers
+                .entry(name.as_str().to_owned())
+                .or_default()
+                .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        }
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| headers.get("host").and_then(|v| v.first().cloned()))
+            .unwrap_or_default();
+        let description = serde_json::json!({
+            "name": &*self.name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query().unwrap_or(""),
+            "host": host,
+            "headers": headers,
+            "body_len": body_len,
+            "version": format!("{:?}", parts.version),
+        });
+        builder
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(description.to_string())))
+            .expect("static response parts are valid")
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
