@@ -1,1 +1,15 @@
+//! Gatehouse controller: Gateway API objects in, one snapshot per cluster
+//! group and a status per object out.
+//!
+//! `store` holds typed objects from any source (Kubernetes watches, manifest
+//! files); `compile` turns a store into snapshots and statuses without I/O;
+//! `serve` streams snapshots to data planes; `standalone` runs the whole
+//! pipeline from a directory of manifests.
 
+pub mod compile;
+pub mod k8s;
+pub mod manifest;
+pub mod serve;
+pub mod standalone;
+pub mod status;
+pub mod store;

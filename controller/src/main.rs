@@ -1,1 +1,56 @@
-fn main() {}
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use gatehouse_controller::{
+    compile::{CompileOptions, compile},
+    standalone::{self, DirSource},
+    status::StatusEntry,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse-controller",
+    version,
+    about = "Gatehouse Gateway API controller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run from a directory of manifests, with data planes as child processes.
+    Standalone(standalone::StandaloneArgs),
+    /// Compile a directory of manifests once and print snapshots and statuses.
+    Compile {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Standalone(args) => standalone::run(args).await,
+        Command::Compile { dir } => print_compiled(dir),
+    }
+}
+
+fn print_compiled(dir: PathBuf) -> anyhow::Result<()> {
+    let store = DirSource::new(dir).scan(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)?;
+    let compiled = compile(&store, &CompileOptions::default());
+    let statuses: Vec<_> = compiled
+        .statuses
+        .iter()
+        .map(StatusEntry::to_debug_json)
+        .collect();
+    let out = serde_json::json!({ "snapshots": compiled.snapshots, "statuses": statuses });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,1 +1,117 @@
-fn main() {}
+//! `gatehouse-dataplane`: follow a controller, or serve a snapshot file.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use gatehouse_dataplane::{Dataplane, admin, client};
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse-dataplane", about = "Gatehouse data plane")]
+struct Args {
+    /// Controller URL to subscribe to, e.g. http://127.0.0.1:18000.
+    #[arg(
+        long,
+        requires = "group",
+        conflicts_with = "snapshot",
+        required_unless_present = "snapshot"
+    )]
+    controller: Option<String>,
+    /// Cluster group to ask the controller for.
+    #[arg(long)]
+    group: Option<String>,
+    /// Node id reported to the controller (default: hostname-pid).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Serve this snapshot file (protobuf or JSON) without a controller.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Admin address (readiness, metrics, debug); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:9902")]
+    admin: SocketAddr,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dataplane = Dataplane::new();
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding admin address {}", args.admin))?;
+    tracing::info!(address = %admin_listener.local_addr()?, "admin listening");
+    tokio::spawn(admin::serve_admin(admin_listener, dataplane.clone()));
+
+    let follower = match (&args.snapshot, &args.controller) {
+        (Some(path), _) => {
+            serve_file(&dataplane, path).await?;
+            None
+        }
+        (None, Some(controller)) => {
+            let config = client::ClientConfig {
+                controller: controller.clone(),
+                group: args.group.clone().unwrap_or_default(),
+                node_id: args.node_id.clone().unwrap_or_else(default_node_id),
+            };
+            Some(tokio::spawn(client::run_client(dataplane.clone(), config)))
+        }
+        (None, None) => anyhow::bail!("either --controller or --snapshot is required"),
+    };
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    // Connections get this long to finish their in-flight requests.
+    if tokio::time::timeout(Duration::from_secs(10), dataplane.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn serve_file(dataplane: &Arc<Dataplane>, path: &PathBuf) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let snapshot = gatehouse_snapshot::decode_any(&bytes)?;
+    dataplane.apply(snapshot).await?;
+    Ok(())
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dataplane".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        result = tokio::signal::ctrl_c() => result?,
+    }
+    Ok(())
+}

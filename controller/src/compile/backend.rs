@@ -1,0 +1,229 @@
+//! backendRefs to clusters, per Gateway API `HTTPBackendRef` and
+//! `ReferenceGrant`: only core Services (`InvalidKind` otherwise); a Service
+//! in another namespace needs a ReferenceGrant there from HTTPRoutes of the
+//! route's namespace (`RefNotPermitted`); a missing Service, a missing port
+//! or a port the Service does not have is `BackendNotFound`. A resolved
+//! reference becomes a cluster `namespace/service:port` whose endpoints are
+//! the ready addresses of the Service's EndpointSlices for that port.
+
+use std::collections::{BTreeMap, HashMap};
+
+use gatehouse_snapshot::{Cluster, Endpoint, LoadBalancing, UpstreamProtocol};
+
+use crate::k8s::{
+    BackendRef, EndpointSlice, GATEWAY_GROUP, ReferenceGrant, SERVICE_NAME_LABEL, Service,
+    ServicePort,
+};
+use crate::status::BackendFailure;
+use crate::store::Store;
+
+/// Service annotation choosing the load-balancing policy.
+pub const LOAD_BALANCING_ANNOTATION: &str = "gatehouse.dev/load-balancing";
+const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
+
+type NsName<'a> = (&'a str, &'a str);
+
+/// Services, EndpointSlices and ReferenceGrants indexed for lookups, and the
+/// clusters built so far.
+pub struct Backends<'a> {
+    services: HashMap<NsName<'a>, &'a Service>,
+    slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>>,
+    grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    clusters: BTreeMap<String, Cluster>,
+}
+
+fn ns_name(meta: &crate::k8s::ObjectMeta) -> NsName<'_> {
+    (
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+impl<'a> Backends<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        let services = store
+            .services()
+            .map(|s| (ns_name(&s.metadata), s))
+            .collect();
+        let mut slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>> = HashMap::new();
+        for slice in store.endpoint_slices() {
+            let labels = slice.metadata.labels.as_ref();
+            if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                let (ns, _) = ns_name(&slice.metadata);
+                slices
+                    .entry((ns, service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
+        for grant in store.reference_grants() {
+            grants
+                .entry(ns_name(&grant.metadata).0)
+                .or_default()
+                .push(grant);
+        }
+        Backends {
+            services,
+            slices,
+            grants,
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// Resolves one backendRef of a route in `route_ns` to a cluster name;
+    /// `field` spells its path (e.g. `spec.rules[0].backendRefs[1]`), for
+    /// messages only.
+    pub fn resolve(
+        &mut self,
+        route_ns: &str,
+        field: impl Fn() -> String,
+        r: &BackendRef,
+    ) -> Result<String, BackendFailure> {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err(BackendFailure::InvalidKind(format!(
+                "{}: kind {kind:?} of group {group:?} is not supported; supported: Service",
+                field()
+            )));
+        }
+        let ns = r.namespace.as_deref().unwrap_or(route_ns);
+        if ns != route_ns && !self.granted(route_ns, ns, &r.name) {
+            return Err(BackendFailure::RefNotPermitted(format!(
+                "{}: Service \"{}\" in namespace {ns:?} is not allowed by any ReferenceGrant in that namespace",
+                field(),
+                r.name
+            )));
+        }
+        let Some(service) = self.services.get(&(ns, r.name.as_str())).copied() else {
+            return Err(BackendFailure::BackendNotFound(format!(
+                "{}: Service \"{}\" not found in namespace {ns:?}",
+                field(),
+                r.name
+            )));
+        };
+        let Some(port) = r.port else {
+            return Err(BackendFailure::BackendNotFound(format!(
+                "{}: port is required for a Service backend",
+                field()
+            )));
+        };
+        let ports = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_deref())
+            .unwrap_or_default();
+        let Some(service_port) = ports.iter().find(|p| p.port == port) else {
+            return Err(BackendFailure::BackendNotFound(format!(
+                "{}: Service \"{}\" in namespace {ns:?} has no port {port}",
+                field(),
+                r.name
+            )));
+        };
+        let name = format!("{ns}/{}:{port}", r.name);
+        if !self.clusters.contains_key(&name) {
+            let cluster = self.cluster(name.clone(), ns, service, service_port);
+            self.clusters.insert(name.clone(), cluster);
+        }
+        Ok(name)
+    }
+
+    /// A built cluster, by name.
+    pub fn get(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(name)
+    }
+
+    /// Spec (ReferenceGrant): a grant in the target's namespace lists the
+    /// referring kind and namespace in `from` and the target in `to`, by
+    /// name or for all names.
+    fn granted(&self, route_ns: &str, target_ns: &str, service: &str) -> bool {
+        let grants = self
+            .grants
+            .get(target_ns)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        grants.iter().any(|g| {
+            let from = g.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == route_ns
+            });
+            let to = g.spec.to.iter().any(|t| {
+                t.group.is_empty()
+                    && t.kind == "Service"
+                    && t.name
+                        .as_deref()
+                        .is_none_or(|n| n.is_empty() || n == service)
+            });
+            from && to
+        })
+    }
+
+    fn cluster(&self, name: String, ns: &str, service: &Service, port: &ServicePort) -> Cluster {
+        let service_name = service.metadata.name.as_deref().unwrap_or("");
+        let slices = self
+            .slices
+            .get(&(ns, service_name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut endpoints: Vec<Endpoint> = slices
+            .iter()
+            .flat_map(|s| ready_endpoints(s, port))
+            .collect();
+        endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+        endpoints.dedup();
+        let least_request = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LOAD_BALANCING_ANNOTATION))
+            .is_some_and(|v| v == "least-request");
+        let h2c = port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
+        Cluster {
+            name,
+            endpoints,
+            load_balancing: if least_request {
+                LoadBalancing::LeastRequest
+            } else {
+                LoadBalancing::RoundRobin
+            } as i32,
+            protocol: if h2c {
+                UpstreamProtocol::H2c
+            } else {
+                UpstreamProtocol::Http1
+            } as i32,
+        }
+    }
+}
+
+/// Endpoints of one slice for a Service port: the slice port with the same
+/// name (both may be empty), ready (absent counts as ready) and not
+/// terminating, every address of each.
+fn ready_endpoints(slice: &EndpointSlice, service_port: &ServicePort) -> Vec<Endpoint> {
+    if slice.address_type == "FQDN" {
+        return Vec::new();
+    }
+    let wanted = service_port.name.as_deref().unwrap_or("");
+    let port = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().unwrap_or("") == wanted)
+        .and_then(|p| p.port)
+        .and_then(|p| u32::try_from(p).ok());
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| {
+            let c = e.conditions.as_ref();
+            c.and_then(|c| c.ready) != Some(false) && c.and_then(|c| c.terminating) != Some(true)
+        })
+        .flat_map(|e| e.addresses.iter())
+        .map(|address| Endpoint {
+            address: address.clone(),
+            port,
+        })
+        .collect()
+}

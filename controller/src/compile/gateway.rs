@@ -1,0 +1,75 @@
+//! Gateways of our classes, per Gateway API `GatewaySpec`: the cluster group
+//! (our label), the addresses to bind (`spec.addresses` of type IPAddress,
+//! else the configured listen address; any other type or an unparsable IP is
+//! `UnsupportedAddress`), and the validated listeners.
+
+use std::net::IpAddr;
+
+use crate::compile::listener::{self, ListenerModel};
+use crate::compile::{CLUSTER_GROUP_LABEL, CompileOptions, DEFAULT_CLUSTER_GROUP};
+use crate::k8s::{Gateway, Time};
+
+/// A Gateway as compile uses it.
+#[derive(Debug, Clone)]
+pub struct GatewayModel<'a> {
+    pub gateway: &'a Gateway,
+    pub namespace: String,
+    pub name: String,
+    pub created: Option<&'a Time>,
+    pub group: String,
+    pub addresses: Result<Vec<IpAddr>, String>,
+    pub listeners: Vec<ListenerModel>,
+}
+
+impl<'a> GatewayModel<'a> {
+    pub fn new(gateway: &'a Gateway, options: &CompileOptions) -> Self {
+        let meta = &gateway.metadata;
+        let group = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CLUSTER_GROUP_LABEL))
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_CLUSTER_GROUP.into());
+        GatewayModel {
+            gateway,
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+            created: meta.creation_timestamp.as_ref(),
+            group,
+            addresses: addresses(gateway, options),
+            listeners: listener::listeners(&gateway.spec.listeners),
+        }
+    }
+
+    pub fn generation(&self) -> i64 {
+        self.gateway.metadata.generation.unwrap_or(0)
+    }
+}
+
+fn addresses(gateway: &Gateway, options: &CompileOptions) -> Result<Vec<IpAddr>, String> {
+    let requested = gateway.spec.addresses.as_deref().unwrap_or_default();
+    if requested.is_empty() {
+        return Ok(vec![options.listen_address]);
+    }
+    let mut out = Vec::new();
+    for (i, a) in requested.iter().enumerate() {
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        if kind != "IPAddress" {
+            return Err(format!(
+                "spec.addresses[{i}]: address type {kind:?} is not supported; supported: IPAddress"
+            ));
+        }
+        // An address without a value asks the implementation to pick one.
+        let ip = match a.value.as_deref() {
+            None | Some("") => options.listen_address,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("spec.addresses[{i}]: {v:?} is not an IP address"))?,
+        };
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

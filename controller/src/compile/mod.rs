@@ -1,0 +1,227 @@
+//! The pure compile step: a store of objects in, one snapshot per cluster
+//! group and a status per object out (Gateway API v1.x, standard channel:
+//! GatewayClass, Gateway, HTTPRoute, ReferenceGrant; Services and
+//! EndpointSlices as backends). No I/O, no clock, no randomness: the same
+//! store and options always give the same bytes.
+//!
+//! Flow: our GatewayClasses → their Gateways (`gateway`, `listener`) → every
+//! HTTPRoute (`route`, `matches`, `backend`) → attachment to listeners
+//! (`attach`, `hostname`) → per group, ports and precedence-ordered matches
+//! (`ports`, `precedence`) → statuses (`crate::status`).
+
+mod attach;
+mod backend;
+mod gateway;
+mod hostname;
+mod listener;
+mod matches;
+mod ports;
+mod precedence;
+mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use gatehouse_snapshot::Snapshot;
+
+pub use backend::LOAD_BALANCING_ANNOTATION;
+pub use hostname::{intersect as intersect_hostnames, specificity as hostname_specificity};
+pub use matches::normalize_prefix;
+
+use crate::k8s::Time;
+use crate::status::{self, ConditionContext, GatewayReport, StatusEntry};
+use crate::store::Store;
+
+/// `spec.controllerName` of the GatewayClasses Gatehouse handles.
+pub const CONTROLLER_NAME: &str = "gatehouse.dev/gateway-controller";
+/// Gateway label naming its cluster group.
+pub const CLUSTER_GROUP_LABEL: &str = "gatehouse.dev/cluster-group";
+/// Group of a Gateway without the label.
+pub const DEFAULT_CLUSTER_GROUP: &str = "default";
+
+/// What compile needs besides the objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Added to every listener port to get the port actually bound.
+    pub port_offset: u16,
+    /// Address bound by Gateways without `spec.addresses`.
+    pub listen_address: IpAddr,
+    /// RFC 3339 time stamped on conditions as `lastTransitionTime`.
+    pub now: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            port_offset: 0,
+            listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            now: "1970-01-01T00:00:00Z".into(),
+        }
+    }
+}
+
+/// The result of one compile.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Compiled {
+    /// By cluster group; each sealed with its content version.
+    pub snapshots: BTreeMap<String, Snapshot>,
+    /// Sorted by (kind, namespace, name).
+    pub statuses: Vec<StatusEntry>,
+}
+
+/// Compiles a store into snapshots and statuses.
+pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
+    let classes: BTreeSet<&str> = store
+        .gateway_classes()
+        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    let gateways: Vec<gateway::GatewayModel<'_>> = store
+        .gateways()
+        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+        .map(|g| gateway::GatewayModel::new(g, options))
+        .collect();
+    let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = store
+        .namespaces()
+        .map(|n| {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            (name, n.metadata.labels.clone().unwrap_or_default())
+        })
+        .collect();
+    let mut backends = backend::Backends::new(store);
+    let routes: Vec<route::RouteModel<'_>> = store
+        .http_routes()
+        .map(|r| route::RouteModel::new(r, &mut backends))
+        .collect();
+
+    let parents = attach::Parents::new(&gateways, &namespace_labels);
+    let mut attachments = Vec::new();
+    let route_reports: Vec<_> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| parents.attach(i, r, &mut attachments))
+        .collect();
+
+    let gateway_ranks = ranks(
+        gateways
+            .iter()
+            .map(|g| (g.created, g.namespace.as_str(), g.name.as_str())),
+    );
+    let route_ranks = ranks(
+        routes
+            .iter()
+            .map(|r| (r.created, r.namespace.as_str(), r.name.as_str())),
+    );
+    let groups: BTreeSet<&str> = gateways.iter().map(|g| g.group.as_str()).collect();
+    let snapshots = groups
+        .into_iter()
+        .map(|group| {
+            let input = ports::GroupInput {
+                group,
+                gateways: &gateways,
+                gateway_ranks: &gateway_ranks,
+                routes: &routes,
+                route_ranks: &route_ranks,
+                attachments: attachments
+                    .iter()
+                    .filter(|a| gateways[a.gateway].group == group)
+                    .collect(),
+                backends: &backends,
+                options,
+            };
+            let mut snapshot = ports::group_snapshot(&input);
+            gatehouse_snapshot::seal(&mut snapshot);
+            (group.to_owned(), snapshot)
+        })
+        .collect();
+
+    let mut statuses = Vec::new();
+    for class in &classes {
+        let generation = store
+            .gateway_classes()
+            .find(|c| c.metadata.name.as_deref() == Some(class))
+            .and_then(|c| c.metadata.generation)
+            .unwrap_or(0);
+        let ctx = ConditionContext {
+            generation,
+            now: &options.now,
+        };
+        statuses.push(status::conditions::gateway_class(class, ctx));
+    }
+    let attached = attached_routes(&attachments);
+    for (gi, g) in gateways.iter().enumerate() {
+        let report = GatewayReport {
+            addresses: g
+                .addresses
+                .as_ref()
+                .map(|a| a.iter().map(IpAddr::to_string).collect())
+                .unwrap_or_default(),
+            address_error: g.addresses.as_ref().err().cloned(),
+            listeners: g
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(li, l)| {
+                    let mut r = l.report.clone();
+                    r.attached_routes = attached.get(&(gi, li)).copied().unwrap_or(0);
+                    r
+                })
+                .collect(),
+        };
+        let ctx = ConditionContext {
+            generation: g.generation(),
+            now: &options.now,
+        };
+        statuses.push(status::conditions::gateway(
+            &g.namespace,
+            &g.name,
+            &report,
+            ctx,
+        ));
+    }
+    for (route, reports) in routes.iter().zip(&route_reports) {
+        let ctx = ConditionContext {
+            generation: route.generation(),
+            now: &options.now,
+        };
+        statuses.push(status::conditions::http_route(
+            &route.namespace,
+            &route.name,
+            reports,
+            ctx,
+        ));
+    }
+    statuses
+        .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
+    Compiled {
+        snapshots,
+        statuses,
+    }
+}
+
+/// Number of distinct accepted routes per (gateway, listener).
+fn attached_routes(attachments: &[attach::Attachment]) -> BTreeMap<(usize, usize), u32> {
+    let distinct: BTreeSet<(usize, usize, usize)> = attachments
+        .iter()
+        .filter(|a| a.accepted)
+        .map(|a| (a.gateway, a.listener, a.route))
+        .collect();
+    let mut counts = BTreeMap::new();
+    for (g, l, _) in distinct {
+        *counts.entry((g, l)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Position of each item in (creation time, namespace, name) order; objects
+/// without a creation time come after those with one.
+fn ranks<'a>(items: impl Iterator<Item = (Option<&'a Time>, &'a str, &'a str)>) -> Vec<usize> {
+    let keys: Vec<_> = items.map(|(t, ns, n)| (t.is_none(), t, ns, n)).collect();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut ranks = vec![0; keys.len()];
+    for (rank, index) in order.into_iter().enumerate() {
+        ranks[index] = rank;
+    }
+    ranks
+}

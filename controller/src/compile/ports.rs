@@ -1,0 +1,216 @@
+//! One group's snapshot, per Gateway API `GatewaySpec.listeners`
+//! ("Implementations MAY merge separate Gateways onto a single set of
+//! Addresses if all Listeners across all Gateways are compatible"; listeners
+//! distinct only by hostname "MUST match from the most specific to least
+//! specific Hostname", exact before wildcard before empty) and the
+//! `.proto` contract: bound ports (by address and bind port) whose listeners
+//! are ordered most specific hostname first, then by Gateway age and
+//! name, then listener name; virtual hosts exact, then wildcard by length,
+//! then ""; matches by `Precedence`; rules by route (namespace/name) then
+//! index; clusters by name. The same objects always encode to the same
+//! bytes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use gatehouse_snapshot::{
+    Backend, Cluster, Listener, Origin, Port, Protocol, RouteMatch, Rule, Snapshot, VirtualHost,
+    backend::Target,
+};
+
+use crate::compile::CompileOptions;
+use crate::compile::attach::Attachment;
+use crate::compile::backend::Backends;
+use crate::compile::gateway::GatewayModel;
+use crate::compile::hostname::specificity;
+use crate::compile::precedence::Precedence;
+use crate::compile::route::RouteModel;
+
+/// Everything one group's snapshot is built from.
+pub struct GroupInput<'m, 'a> {
+    pub group: &'m str,
+    pub gateways: &'m [GatewayModel<'a>],
+    /// Position of each gateway in (creationTimestamp, namespace, name) order.
+    pub gateway_ranks: &'m [usize],
+    pub routes: &'m [RouteModel<'a>],
+    pub route_ranks: &'m [usize],
+    /// Attachments to this group's Gateways.
+    pub attachments: Vec<&'m Attachment>,
+    pub backends: &'m Backends<'a>,
+    pub options: &'m CompileOptions,
+}
+
+type PortKey = (IpAddr, u32);
+
+struct ListenerBuild {
+    sort: ((u8, std::cmp::Reverse<usize>, String), usize, String),
+    origin: Origin,
+    hostname: String,
+    hosts: BTreeMap<String, Vec<(Precedence, RouteMatch)>>,
+}
+
+/// The (unsealed) snapshot of one group.
+pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
+    let (rules, first_rule, clusters) = rule_table(input);
+    let mut ports: BTreeMap<PortKey, (u32, Vec<ListenerBuild>)> = BTreeMap::new();
+    let mut slots: HashMap<(usize, usize), Vec<(PortKey, usize)>> = HashMap::new();
+    for (gi, g) in input.gateways.iter().enumerate() {
+        let Ok(addresses) = &g.addresses else {
+            continue;
+        };
+        if g.group != input.group {
+            continue;
+        }
+        for (li, l) in g.listeners.iter().enumerate() {
+            if !l.report.is_usable() {
+                continue;
+            }
+            let hostname = l.hostname.clone().unwrap_or_default();
+            for address in addresses {
+                let key = (
+                    *address,
+                    u32::from(l.port) + u32::from(input.options.port_offset),
+                );
+                let (_, listeners) = ports.entry(key).or_insert((u32::from(l.port), Vec::new()));
+                let spec_key = specificity(&hostname);
+                listeners.push(ListenerBuild {
+                    sort: (
+                        (spec_key.0, spec_key.1, hostname.clone()),
+                        input.gateway_ranks[gi],
+                        l.name.clone(),
+                    ),
+                    origin: origin("Gateway", &g.namespace, &g.name, &l.name),
+                    hostname: hostname.clone(),
+                    hosts: BTreeMap::new(),
+                });
+                slots
+                    .entry((gi, li))
+                    .or_default()
+                    .push((key, listeners.len() - 1));
+            }
+        }
+    }
+    for a in &input.attachments {
+        let route = &input.routes[a.route];
+        let first = first_rule[&a.route];
+        for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
+            let listener = &mut ports.get_mut(key).expect("slot of a known port").1[*index];
+            for host in &a.hosts {
+                let entries = listener.hosts.entry(host.clone()).or_default();
+                for (ri, rule) in route.rules.iter().enumerate() {
+                    for (mi, m) in rule.matches.iter().enumerate() {
+                        let precedence = Precedence::new(m, input.route_ranks[a.route], ri, mi);
+                        let mut m = m.clone();
+                        m.rule = first + ri as u32;
+                        entries.push((precedence, m));
+                    }
+                }
+            }
+        }
+    }
+    let ports = ports
+        .into_iter()
+        .map(|((address, bind_port), (port, listeners))| Port {
+            address: address.to_string(),
+            port,
+            bind_port,
+            protocol: Protocol::Http as i32,
+            listeners: finish_listeners(listeners),
+        })
+        .collect();
+    Snapshot {
+        group: input.group.into(),
+        version: String::new(),
+        ports,
+        rules,
+        clusters,
+    }
+}
+
+fn finish_listeners(mut listeners: Vec<ListenerBuild>) -> Vec<Listener> {
+    listeners.sort_by(|a, b| a.sort.cmp(&b.sort));
+    listeners
+        .into_iter()
+        .map(|l| {
+            let mut hosts: Vec<VirtualHost> = l
+                .hosts
+                .into_iter()
+                .map(|(hostname, mut matches)| {
+                    matches.sort_by_key(|(p, _)| *p);
+                    // A route attached twice to one listener (two parentRefs)
+                    // yields the same matches twice: keep one.
+                    matches.dedup_by_key(|(p, _)| *p);
+                    VirtualHost {
+                        hostname,
+                        matches: matches.into_iter().map(|(_, m)| m).collect(),
+                    }
+                })
+                .collect();
+            hosts.sort_by(|a, b| specificity(&a.hostname).cmp(&specificity(&b.hostname)));
+            Listener {
+                origin: Some(l.origin),
+                hostname: l.hostname,
+                hosts,
+            }
+        })
+        .collect()
+}
+
+/// Rules of every route attached in the group (route key order, then rule
+/// index), each route's first rule index, and the clusters they use.
+fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Vec<Cluster>) {
+    let attached: BTreeSet<usize> = input.attachments.iter().map(|a| a.route).collect();
+    let names: BTreeSet<&str> = attached
+        .iter()
+        .flat_map(|&r| input.routes[r].rules.iter())
+        .flat_map(|rule| rule.backends.iter())
+        .filter_map(|(_, target)| target.as_deref().ok())
+        .collect();
+    let cluster_index: HashMap<&str, u32> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i as u32))
+        .collect();
+    let clusters = names
+        .iter()
+        .filter_map(|n| input.backends.get(n).cloned())
+        .collect();
+    let mut rules = Vec::new();
+    let mut first_rule = HashMap::new();
+    for &r in &attached {
+        let route = &input.routes[r];
+        first_rule.insert(r, rules.len() as u32);
+        for rule in &route.rules {
+            let backends = rule
+                .backends
+                .iter()
+                .map(|(weight, target)| Backend {
+                    weight: *weight,
+                    target: Some(match target {
+                        Ok(name) => Target::Cluster(cluster_index[name.as_str()]),
+                        Err(why) => Target::Invalid(why.clone()),
+                    }),
+                })
+                .collect();
+            rules.push(Rule {
+                origin: Some(origin(
+                    "HTTPRoute",
+                    &route.namespace,
+                    &route.name,
+                    &rule.section,
+                )),
+                backends,
+            });
+        }
+    }
+    (rules, first_rule, clusters)
+}
+
+fn origin(kind: &str, namespace: &str, name: &str, section: &str) -> Origin {
+    Origin {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        section: section.into(),
+    }
+}

@@ -1,0 +1,299 @@
+//! The snapshot server: one gRPC stream per data plane.
+//!
+//! Each cluster group has a `watch` channel holding its newest snapshot, so a
+//! slow data plane only ever receives the latest one, never a backlog. A data
+//! plane says Hello (group, node id, what it already serves), then receives
+//! the group's snapshot each time its version changes and answers each with
+//! an Ack or a Nack. The hub records what every node has applied; the
+//! standalone readiness check and the debug output read it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use futures::Stream;
+use gatehouse_snapshot::{
+    DataPlaneMessage, Snapshot, data_plane_message::Message,
+    snapshot_service_server::SnapshotService,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+type GroupChannel = watch::Sender<Option<Arc<Snapshot>>>;
+
+/// What the controller knows of one data plane.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeState {
+    pub node_id: String,
+    pub group: String,
+    pub connected: bool,
+    /// Last version the node acknowledged ("" if none).
+    pub applied_version: String,
+    /// Last rejection: version and the data plane's reason.
+    pub last_nack: Option<(String, String)>,
+}
+
+/// Latest snapshot per group and the state of every data plane.
+///
+/// Guarantees: `publish` is cheap when nothing changed (same versions are not
+/// re-sent); a node that connects late gets the current snapshot at once.
+#[derive(Default)]
+pub struct SnapshotHub {
+    groups: Mutex<HashMap<String, GroupChannel>>,
+    nodes: Mutex<BTreeMap<String, NodeState>>,
+    changes: watch::Sender<u64>,
+}
+
+impl SnapshotHub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Makes `snapshots` the current ones. A group that had a snapshot and is
+    /// missing now gets an empty one, so its data planes stop listening.
+    pub fn publish(&self, snapshots: &BTreeMap<String, Snapshot>) {
+        let mut groups = self.groups.lock().expect("hub lock");
+        for (group, channel) in groups.iter() {
+            if !snapshots.contains_key(group) && channel.borrow().is_some() {
+                channel.send_replace(Some(Arc::new(empty_snapshot(group))));
+            }
+        }
+        for (group, snapshot) in snapshots {
+            let channel = groups
+                .entry(group.clone())
+                .or_insert_with(|| watch::channel(None).0);
+            let unchanged = channel
+                .borrow()
+                .as_ref()
+                .is_some_and(|current| current.version == snapshot.version);
+            if !unchanged {
+                channel.send_replace(Some(Arc::new(snapshot.clone())));
+            }
+        }
+        drop(groups);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The version currently published for `group`.
+    pub fn current_version(&self, group: &str) -> Option<String> {
+        let groups = self.groups.lock().expect("hub lock");
+        groups
+            .get(group)
+            .and_then(|c| c.borrow().as_ref().map(|s| s.version.clone()))
+    }
+
+    pub fn nodes(&self) -> Vec<NodeState> {
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn node(&self, node_id: &str) -> Option<NodeState> {
+        self.nodes.lock().expect("hub lock").get(node_id).cloned()
+    }
+
+    /// A receiver that changes whenever a snapshot is published or a node
+    /// connects, acknowledges, rejects or leaves.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn group_receiver(&self, group: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        let mut groups = self.groups.lock().expect("hub lock");
+        groups
+            .entry(group.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    fn update_node(&self, node_id: &str, update: impl FnOnce(&mut NodeState)) {
+        if let Some(node) = self.nodes.lock().expect("hub lock").get_mut(node_id) {
+            update(node);
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn register_node(&self, node_id: &str, group: &str, applied_version: &str) {
+        self.nodes.lock().expect("hub lock").insert(
+            node_id.to_owned(),
+            NodeState {
+                node_id: node_id.to_owned(),
+                group: group.to_owned(),
+                connected: true,
+                applied_version: applied_version.to_owned(),
+                last_nack: None,
+            },
+        );
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+fn empty_snapshot(group: &str) -> Snapshot {
+    let mut snapshot = Snapshot {
+        group: group.to_owned(),
+        ..Default::default()
+    };
+    gatehouse_snapshot::seal(&mut snapshot);
+    snapshot
+}
+
+/// The gRPC face of a hub.
+#[derive(Clone)]
+pub struct SnapshotServer {
+    hub: Arc<SnapshotHub>,
+}
+
+impl SnapshotServer {
+    pub fn new(hub: Arc<SnapshotHub>) -> Self {
+        Self { hub }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SnapshotService for SnapshotServer {
+    type SubscribeStream = SnapshotStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(DataPlaneMessage {
+                message: Some(Message::Hello(hello)),
+            })) => hello,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a snapshot stream must be Hello",
+                ));
+            }
+        };
+        if hello.group.is_empty() || hello.node_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "Hello needs a cluster group and a node id",
+            ));
+        }
+        self.hub
+            .register_node(&hello.node_id, &hello.group, &hello.applied_version);
+        let snapshots = self.hub.group_receiver(&hello.group);
+        let (tx, rx) = mpsc::channel(4);
+        let span = info_span!("snapshot_stream", group = %hello.group, node = %hello.node_id);
+        tokio::spawn(
+            stream_to_node(
+                self.hub.clone(),
+                hello.node_id,
+                hello.applied_version,
+                snapshots,
+                inbound,
+                tx,
+            )
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends each new snapshot of the group and records the node's answers,
+/// until either side goes away.
+async fn stream_to_node(
+    hub: Arc<SnapshotHub>,
+    node_id: String,
+    mut sent_version: String,
+    mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut inbound: Streaming<DataPlaneMessage>,
+    tx: mpsc::Sender<Result<Snapshot, Status>>,
+) {
+    info!("data plane connected");
+    snapshots.mark_changed();
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = snapshots.borrow_and_update().clone();
+                let Some(snapshot) = current else { continue };
+                if snapshot.version == sent_version {
+                    continue;
+                }
+                sent_version = snapshot.version.clone();
+                debug!(version = %snapshot.version, "sending snapshot");
+                if tx.send(Ok((*snapshot).clone())).await.is_err() {
+                    break;
+                }
+            }
+            message = inbound.next() => match message {
+                Some(Ok(DataPlaneMessage { message: Some(Message::Ack(ack)) })) => {
+                    debug!(version = %ack.version, "snapshot applied");
+                    hub.update_node(&node_id, |node| node.applied_version = ack.version);
+                }
+                Some(Ok(DataPlaneMessage { message: Some(Message::Nack(nack)) })) => {
+                    warn!(version = %nack.version, reason = %nack.reason, "snapshot rejected");
+                    hub.update_node(&node_id, |node| {
+                        node.last_nack = Some((nack.version, nack.reason));
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    hub.update_node(&node_id, |node| node.connected = false);
+    info!("data plane disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(group: &str, port: u32) -> Snapshot {
+        let mut s = Snapshot {
+            group: group.into(),
+            ports: vec![gatehouse_snapshot::Port {
+                port,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        gatehouse_snapshot::seal(&mut s);
+        s
+    }
+
+    #[test]
+    fn publishing_the_same_version_does_not_wake_subscribers() {
+        let hub = SnapshotHub::new();
+        let first = BTreeMap::from([("a".to_string(), snapshot("a", 80))]);
+        hub.publish(&first);
+        let mut rx = hub.group_receiver("a");
+        rx.borrow_and_update();
+        hub.publish(&first);
+        assert!(!rx.has_changed().unwrap());
+        hub.publish(&BTreeMap::from([("a".to_string(), snapshot("a", 81))]));
+        assert!(rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_removed_group_receives_an_empty_snapshot() {
+        let hub = SnapshotHub::new();
+        hub.publish(&BTreeMap::from([("a".to_string(), snapshot("a", 80))]));
+        hub.publish(&BTreeMap::new());
+        let rx = hub.group_receiver("a");
+        let current = rx.borrow().clone().unwrap();
+        assert!(current.ports.is_empty());
+        assert_eq!(
+            hub.current_version("a").unwrap(),
+            empty_snapshot("a").version
+        );
+    }
+}

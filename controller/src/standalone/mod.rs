@@ -1,0 +1,295 @@
+//! Standalone mode: the whole pipeline from a directory of manifests, with
+//! no cluster.
+//!
+//! ```text
+//! DIR --scan--> Store --compile--> snapshots --hub/gRPC--> data plane children
+//!  ^ notify (debounced)              \--> statuses --> GET /debug/status
+//! ```
+//!
+//! The contract (flags, readiness, status output) is the one in DESIGN.md.
+
+mod admin;
+mod source;
+mod supervisor;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use k8s_openapi::jiff::{Timestamp, Unit};
+use notify::{RecursiveMode, Watcher};
+use tokio::{net::TcpListener, sync::mpsc};
+use tracing::{error, info, warn};
+
+pub use admin::is_ready;
+pub use source::DirSource;
+pub use supervisor::Supervisor;
+
+use crate::{
+    compile::{CompileOptions, Compiled, compile},
+    serve::{SnapshotHub, SnapshotServer},
+    status::{StatusEntry, carry_transition_times},
+};
+
+/// Quiet time after the last file event before a rescan, and the longest a
+/// burst of events can hold a rescan back.
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(50);
+const DEBOUNCE_CAP: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StandaloneArgs {
+    /// Directory of manifests (YAML or JSON, several documents per file).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Admin listener: /readyz and /debug/*.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Listener port P is bound at P + N.
+    #[arg(long, default_value_t = 0)]
+    pub port_offset: u16,
+    /// Address Gateway listeners bind when a Gateway has no spec.addresses.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+    /// Address of the snapshot gRPC server data planes connect to.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub grpc: SocketAddr,
+    /// Data plane binary; defaults to `gatehouse-dataplane` beside this one.
+    #[arg(long)]
+    pub dataplane_bin: Option<PathBuf>,
+    /// Start no data planes; external ones connect to `--grpc` instead.
+    #[arg(long)]
+    pub no_dataplanes: bool,
+}
+
+/// Runs until SIGTERM or SIGINT, then stops the data planes.
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("manifest directory {}", args.dir.display()))?;
+    let hub = SnapshotHub::new();
+    let grpc_addr = start_grpc(args.grpc, hub.clone()).await?;
+    let view = Arc::new(RwLock::new(admin::View::default()));
+    let admin_addr = start_admin(args.admin, hub.clone(), view.clone()).await?;
+    info!(%grpc_addr, %admin_addr, dir = %dir.display(), "standalone controller started");
+    // The readiness contract for scripts and tests that pass port 0.
+    println!("admin listening on {admin_addr}");
+    println!("snapshot server listening on {grpc_addr}");
+
+    let mut supervisor = match args.no_dataplanes {
+        true => None,
+        false => Some(Supervisor::new(
+            dataplane_binary(args.dataplane_bin.clone())?,
+            format!("http://{grpc_addr}"),
+        )),
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own scan opens and reads every file: access events must not
+        // trigger another scan.
+        let relevant = match event {
+            Ok(event) => !matches!(event.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events_tx.send(());
+        }
+    })
+    .context("starting the directory watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+
+    let mut cycle = Cycle {
+        source: DirSource::new(&dir),
+        options: CompileOptions {
+            port_offset: args.port_offset,
+            listen_address: args.listen_address,
+            ..Default::default()
+        },
+        previous: BTreeMap::new(),
+        hub,
+        view,
+    };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        cycle.run_once(supervisor.as_mut()).await;
+        tokio::select! {
+            woke = events.recv() => {
+                if woke.is_none() {
+                    break;
+                }
+                debounce(&mut events).await;
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    info!("stopping");
+    if let Some(supervisor) = supervisor.as_mut() {
+        supervisor.stop_all().await;
+    }
+    Ok(())
+}
+
+/// One scan → compile → publish pass, and the statuses it produced.
+struct Cycle {
+    source: DirSource,
+    options: CompileOptions,
+    previous: BTreeMap<(String, Option<String>, String), StatusEntry>,
+    hub: Arc<SnapshotHub>,
+    view: Arc<RwLock<admin::View>>,
+}
+
+impl Cycle {
+    async fn run_once(&mut self, supervisor: Option<&mut Supervisor>) {
+        let now = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or(Timestamp::now());
+        let store = match self.source.scan(now) {
+            Ok(store) => store,
+            Err(error) => {
+                error!(%error, "cannot read the manifest directory; keeping the current configuration");
+                return;
+            }
+        };
+        self.options.now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let Compiled {
+            snapshots,
+            mut statuses,
+        } = compile(&store, &self.options);
+        for status in &mut statuses {
+            let key = status_key(status);
+            if let Some(previous) = self.previous.get(&key) {
+                carry_transition_times(previous, status);
+            }
+        }
+        self.previous = statuses
+            .iter()
+            .map(|s| (status_key(s), s.clone()))
+            .collect();
+        let groups: BTreeSet<String> = snapshots.keys().cloned().collect();
+        for snapshot in snapshots.values() {
+            info!(group = %snapshot.group, version = %snapshot.version, "compiled");
+        }
+        self.hub.publish(&snapshots);
+
+        let expected_nodes = match supervisor {
+            Some(supervisor) => {
+                supervisor.ensure(&groups).await;
+                supervisor
+                    .groups()
+                    .into_iter()
+                    .map(|g| {
+                        let node = Supervisor::node_id(&g);
+                        (g, node)
+                    })
+                    .collect()
+            }
+            None => connected_nodes(&self.hub, &groups),
+        };
+        let mut view = self.view.write().expect("view lock");
+        view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
+        view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
+        view.expected_nodes = expected_nodes;
+        view.compiled = true;
+    }
+}
+
+/// Without supervised children, readiness waits for the data planes that
+/// are connected now (at least one per group is not required).
+fn connected_nodes(hub: &SnapshotHub, groups: &BTreeSet<String>) -> Vec<(String, String)> {
+    hub.nodes()
+        .into_iter()
+        .filter(|n| n.connected && groups.contains(&n.group))
+        .map(|n| (n.group, n.node_id))
+        .collect()
+}
+
+fn status_key(status: &StatusEntry) -> (String, Option<String>, String) {
+    (
+        status.kind.clone(),
+        status.namespace.clone(),
+        status.name.clone(),
+    )
+}
+
+/// Waits until file events stop for `DEBOUNCE_QUIET`, at most `DEBOUNCE_CAP`.
+async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
+    let cap = tokio::time::sleep(DEBOUNCE_CAP);
+    tokio::pin!(cap);
+    loop {
+        tokio::select! {
+            _ = &mut cap => return,
+            more = tokio::time::timeout(DEBOUNCE_QUIET, events.recv()) => match more {
+                Ok(Some(())) => continue,
+                Ok(None) | Err(_) => return,
+            },
+        }
+    }
+}
+
+async fn start_grpc(addr: SocketAddr, hub: Arc<SnapshotHub>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the snapshot server on {addr}"))?;
+    let local = listener.local_addr()?;
+    let service = gatehouse_snapshot::snapshot_service_server::SnapshotServiceServer::new(
+        SnapshotServer::new(hub),
+    );
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(error) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            error!(%error, "snapshot server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn start_admin(
+    addr: SocketAddr,
+    hub: Arc<SnapshotHub>,
+    view: Arc<RwLock<admin::View>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {addr}"))?;
+    let local = listener.local_addr()?;
+    let app = admin::router(admin::AdminState { hub, view });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            error!(%error, "admin listener stopped");
+        }
+    });
+    Ok(local)
+}
+
+fn dataplane_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let me = std::env::current_exe().context("locating the controller binary")?;
+    let beside = me.with_file_name("gatehouse-dataplane");
+    if !beside.exists() {
+        warn!(path = %beside.display(), "no data plane binary beside the controller; pass --dataplane-bin");
+    }
+    Ok(beside)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,331 @@
+//! Condition builders for GatewayClass, Gateway (and its listeners) and
+//! HTTPRoute parents, per the Gateway API v1.x status definitions
+//! (`GatewayClassConditionType`, `GatewayConditionType`,
+//! `ListenerConditionType`, `RouteConditionType` and their reasons). Compile
+//! describes what it found in the report types below; only this module turns
+//! that into condition types, reasons and their strings.
+
+use serde_json::{Value, json};
+
+use crate::compile::CONTROLLER_NAME;
+use crate::k8s::GATEWAY_GROUP;
+use crate::status::StatusEntry;
+
+/// What every condition of one object shares.
+#[derive(Debug, Clone, Copy)]
+pub struct ConditionContext<'a> {
+    pub generation: i64,
+    /// RFC 3339; `carry_transition_times` keeps older times that still hold.
+    pub now: &'a str,
+}
+
+impl ConditionContext<'_> {
+    fn condition(&self, kind: &str, status: bool, reason: &str, message: &str) -> Value {
+        json!({
+            "type": kind,
+            "status": if status { "True" } else { "False" },
+            "reason": reason,
+            "message": message,
+            "observedGeneration": self.generation,
+            "lastTransitionTime": self.now,
+        })
+    }
+}
+
+fn entry(
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    generation: i64,
+    status: Value,
+) -> StatusEntry {
+    StatusEntry {
+        api_version: format!("{GATEWAY_GROUP}/v1"),
+        kind: kind.into(),
+        namespace: namespace.map(str::to_owned),
+        name: name.into(),
+        generation,
+        status,
+    }
+}
+
+/// A GatewayClass of ours is accepted, and supports the bundled API version.
+pub fn gateway_class(name: &str, ctx: ConditionContext<'_>) -> StatusEntry {
+    let status = json!({
+        "conditions": [
+            ctx.condition("Accepted", true, "Accepted", "Handled by Gatehouse"),
+            ctx.condition("SupportedVersion", true, "SupportedVersion", "Gateway API v1.x is supported"),
+        ],
+    });
+    entry("GatewayClass", None, name, ctx.generation, status)
+}
+
+/// Why two listeners of one Gateway cannot both be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// Same port, different protocols.
+    Protocol,
+    /// Same port and protocol, same hostname.
+    Hostname,
+}
+
+/// What compile found about one listener.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListenerReport {
+    pub name: String,
+    /// Route kinds (group gateway.networking.k8s.io) the listener accepts.
+    pub supported_kinds: Vec<String>,
+    pub attached_routes: u32,
+    /// Message when the protocol is not one we serve.
+    pub unsupported_protocol: Option<String>,
+    pub conflict: Option<Conflict>,
+    /// Message when `allowedRoutes.kinds` names a kind we do not support.
+    pub invalid_route_kinds: Option<String>,
+}
+
+impl ListenerReport {
+    /// A usable listener can carry routes and is bound.
+    pub fn is_usable(&self) -> bool {
+        self.unsupported_protocol.is_none()
+            && self.conflict.is_none()
+            && !self.supported_kinds.is_empty()
+    }
+
+    fn to_status(&self, ctx: ConditionContext<'_>, gateway_ok: bool) -> Value {
+        let accepted = match &self.unsupported_protocol {
+            Some(msg) => ctx.condition("Accepted", false, "UnsupportedProtocol", msg),
+            None => ctx.condition("Accepted", true, "Accepted", "Listener is valid"),
+        };
+        let programmed = if gateway_ok && self.is_usable() {
+            ctx.condition("Programmed", true, "Programmed", "Listener is bound")
+        } else {
+            ctx.condition(
+                "Programmed",
+                false,
+                "Invalid",
+                "Listener is not bound: see its other conditions",
+            )
+        };
+        let resolved = match &self.invalid_route_kinds {
+            Some(msg) => ctx.condition("ResolvedRefs", false, "InvalidRouteKinds", msg),
+            None => ctx.condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references resolved",
+            ),
+        };
+        let conflicted = match self.conflict {
+            Some(Conflict::Protocol) => ctx.condition(
+                "Conflicted",
+                true,
+                "ProtocolConflict",
+                "Another listener uses this port with a different protocol",
+            ),
+            Some(Conflict::Hostname) => ctx.condition(
+                "Conflicted",
+                true,
+                "HostnameConflict",
+                "Another listener uses this port, protocol and hostname",
+            ),
+            None => ctx.condition("Conflicted", false, "NoConflicts", "No conflicts"),
+        };
+        let kinds: Vec<Value> = self
+            .supported_kinds
+            .iter()
+            .map(|kind| json!({"group": GATEWAY_GROUP, "kind": kind}))
+            .collect();
+        json!({
+            "name": self.name,
+            "supportedKinds": kinds,
+            "attachedRoutes": self.attached_routes,
+            "conditions": [accepted, programmed, resolved, conflicted],
+        })
+    }
+}
+
+/// What compile found about one Gateway of ours.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GatewayReport {
+    /// Bound IP addresses, when all of `spec.addresses` is usable.
+    pub addresses: Vec<String>,
+    /// Message when an address is of an unsupported type or unparsable.
+    pub address_error: Option<String>,
+    pub listeners: Vec<ListenerReport>,
+}
+
+/// Gateway `Accepted` and `Programmed`, listeners and addresses.
+pub fn gateway(
+    namespace: &str,
+    name: &str,
+    report: &GatewayReport,
+    ctx: ConditionContext<'_>,
+) -> StatusEntry {
+    let usable = report.listeners.iter().filter(|l| l.is_usable()).count();
+    let all_usable = usable == report.listeners.len();
+    let accepted = match &report.address_error {
+        Some(msg) => ctx.condition("Accepted", false, "UnsupportedAddress", msg),
+        None if all_usable => ctx.condition("Accepted", true, "Accepted", "Gateway is valid"),
+        // Spec: ListenersNotValid goes with True when the Gateway is still
+        // served by its valid listeners, with False when none is left.
+        None => ctx.condition(
+            "Accepted",
+            usable > 0,
+            "ListenersNotValid",
+            "Some listeners are invalid: see their conditions",
+        ),
+    };
+    let gateway_ok = report.address_error.is_none();
+    let programmed = if gateway_ok && usable > 0 {
+        ctx.condition("Programmed", true, "Programmed", "Gateway is programmed")
+    } else if !gateway_ok {
+        ctx.condition("Programmed", false, "AddressNotUsable", "No usable address")
+    } else {
+        ctx.condition("Programmed", false, "Invalid", "No listener can be bound")
+    };
+    let addresses: Vec<Value> = report
+        .addresses
+        .iter()
+        .map(|a| json!({"type": "IPAddress", "value": a}))
+        .collect();
+    let listeners: Vec<Value> = report
+        .listeners
+        .iter()
+        .map(|l| l.to_status(ctx, gateway_ok))
+        .collect();
+    let status = json!({
+        "addresses": addresses,
+        "conditions": [accepted, programmed],
+        "listeners": listeners,
+    });
+    entry("Gateway", Some(namespace), name, ctx.generation, status)
+}
+
+/// Why a route is not accepted by one parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteRejection {
+    /// No listener of the parent (after sectionName/port) lets it attach.
+    NotAllowedByListeners(String),
+    /// Hostnames do not intersect with any allowed listener.
+    NoMatchingListenerHostname(String),
+    /// sectionName or port names no listener.
+    NoMatchingParent(String),
+    /// A value we do not support (invalid regex, unsupported filters).
+    UnsupportedValue(String),
+}
+
+/// Why a backendRef does not resolve (route `ResolvedRefs` False).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendFailure {
+    BackendNotFound(String),
+    InvalidKind(String),
+    RefNotPermitted(String),
+}
+
+impl BackendFailure {
+    pub fn message(&self) -> &str {
+        match self {
+            BackendFailure::BackendNotFound(m)
+            | BackendFailure::InvalidKind(m)
+            | BackendFailure::RefNotPermitted(m) => m,
+        }
+    }
+}
+
+/// A parentRef with its defaults spelled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRefReport {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// One entry of a route's `status.parents`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteParentReport {
+    pub parent_ref: ParentRefReport,
+    pub accepted: Result<(), RouteRejection>,
+    pub resolved_refs: Result<(), BackendFailure>,
+    /// Message naming the rules that answer 500 while the rest is served.
+    pub partially_invalid: Option<String>,
+}
+
+impl RouteParentReport {
+    fn to_status(&self, ctx: ConditionContext<'_>) -> Value {
+        let accepted = match &self.accepted {
+            Ok(()) => ctx.condition("Accepted", true, "Accepted", "Route is accepted"),
+            Err(RouteRejection::NotAllowedByListeners(m)) => {
+                ctx.condition("Accepted", false, "NotAllowedByListeners", m)
+            }
+            Err(RouteRejection::NoMatchingListenerHostname(m)) => {
+                ctx.condition("Accepted", false, "NoMatchingListenerHostname", m)
+            }
+            Err(RouteRejection::NoMatchingParent(m)) => {
+                ctx.condition("Accepted", false, "NoMatchingParent", m)
+            }
+            Err(RouteRejection::UnsupportedValue(m)) => {
+                ctx.condition("Accepted", false, "UnsupportedValue", m)
+            }
+        };
+        let resolved = match &self.resolved_refs {
+            Ok(()) => ctx.condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references resolved",
+            ),
+            Err(BackendFailure::BackendNotFound(m)) => {
+                ctx.condition("ResolvedRefs", false, "BackendNotFound", m)
+            }
+            Err(BackendFailure::InvalidKind(m)) => {
+                ctx.condition("ResolvedRefs", false, "InvalidKind", m)
+            }
+            Err(BackendFailure::RefNotPermitted(m)) => {
+                ctx.condition("ResolvedRefs", false, "RefNotPermitted", m)
+            }
+        };
+        let mut conditions = vec![accepted, resolved];
+        if let Some(m) = &self.partially_invalid {
+            conditions.push(ctx.condition("PartiallyInvalid", true, "UnsupportedValue", m));
+        }
+        let p = &self.parent_ref;
+        let mut parent_ref = json!({
+            "group": p.group,
+            "kind": p.kind,
+            "namespace": p.namespace,
+            "name": p.name,
+        });
+        if let Some(section) = &p.section_name {
+            parent_ref["sectionName"] = section.clone().into();
+        }
+        if let Some(port) = p.port {
+            parent_ref["port"] = port.into();
+        }
+        json!({
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": conditions,
+        })
+    }
+}
+
+/// HTTPRoute `status.parents`: our entries only (none when no parentRef
+/// names one of our Gateways).
+pub fn http_route(
+    namespace: &str,
+    name: &str,
+    parents: &[RouteParentReport],
+    ctx: ConditionContext<'_>,
+) -> StatusEntry {
+    let parents: Vec<Value> = parents.iter().map(|p| p.to_status(ctx)).collect();
+    entry(
+        "HTTPRoute",
+        Some(namespace),
+        name,
+        ctx.generation,
+        json!({ "parents": parents }),
+    )
+}

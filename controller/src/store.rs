@@ -1,0 +1,323 @@
+//! Typed objects from any source (Kubernetes watches, manifest files), keyed
+//! and iterated in a deterministic order so that compile never depends on
+//! insertion order.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::k8s::{
+    ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta,
+    ReferenceGrant, Secret, Service,
+};
+
+/// The kinds the controller knows. The order is the store's iteration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    Service,
+    EndpointSlice,
+    Namespace,
+    Secret,
+    ConfigMap,
+}
+
+impl Kind {
+    /// The Kubernetes spelling of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+        }
+    }
+
+    /// Cluster-scoped kinds have no namespace.
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: Option<&str>, name: &str) -> Self {
+        ObjectKey {
+            kind,
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// One object of a kind the controller knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    GatewayClass(Box<GatewayClass>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    ReferenceGrant(Box<ReferenceGrant>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Namespace(Box<Namespace>),
+    Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.meta();
+        let namespace = if self.kind().is_namespaced() {
+            Some(meta.namespace.clone().unwrap_or_else(|| "default".into()))
+        } else {
+            None
+        };
+        ObjectKey {
+            kind: self.kind(),
+            namespace,
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::ReferenceGrant(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::ConfigMap(o) => &mut o.metadata,
+        }
+    }
+
+    /// The part whose change bumps `metadata.generation`: `spec` for the
+    /// Gateway API kinds, the whole object minus metadata and status for
+    /// core kinds (Secrets and ConfigMaps have data, not a spec).
+    pub fn spec_value(&self) -> serde_json::Value {
+        let value = match self {
+            Object::GatewayClass(o) => serde_json::to_value(&o.spec),
+            Object::Gateway(o) => serde_json::to_value(&o.spec),
+            Object::HttpRoute(o) => serde_json::to_value(&o.spec),
+            Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
+            Object::Service(o) => serde_json::to_value(o),
+            Object::EndpointSlice(o) => serde_json::to_value(o),
+            Object::Namespace(o) => serde_json::to_value(o),
+            Object::Secret(o) => serde_json::to_value(o),
+            Object::ConfigMap(o) => serde_json::to_value(o),
+        };
+        let mut value = value.unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(map) = &mut value {
+            for field in ["metadata", "status", "apiVersion", "kind"] {
+                map.remove(field);
+            }
+        }
+        value
+    }
+}
+
+/// Objects by key. Cloning is cheap enough for a source to hand a copy to
+/// compile; every iteration is in key order.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces; returns the object previously under that key.
+    pub fn insert(&mut self, object: Object) -> Option<Object> {
+        self.objects.insert(object.key(), object)
+    }
+
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
+        self.objects.remove(key)
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// All objects, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values()
+    }
+
+    /// Objects of one kind, in (namespace, name) order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        let start = ObjectKey {
+            kind,
+            namespace: None,
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(move |(key, _)| key.kind == kind)
+            .map(|(_, object)| object)
+    }
+
+    pub fn gateway_classes(&self) -> impl Iterator<Item = &GatewayClass> {
+        self.of_kind(Kind::GatewayClass).filter_map(|o| match o {
+            Object::GatewayClass(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.of_kind(Kind::Gateway).filter_map(|o| match o {
+            Object::Gateway(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn http_routes(&self) -> impl Iterator<Item = &HttpRoute> {
+        self.of_kind(Kind::HttpRoute).filter_map(|o| match o {
+            Object::HttpRoute(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn reference_grants(&self) -> impl Iterator<Item = &ReferenceGrant> {
+        self.of_kind(Kind::ReferenceGrant).filter_map(|o| match o {
+            Object::ReferenceGrant(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.of_kind(Kind::Service).filter_map(|o| match o {
+            Object::Service(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
+            Object::EndpointSlice(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.of_kind(Kind::Namespace).filter_map(|o| match o {
+            Object::Namespace(x) => Some(&**x),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(ns: &str, name: &str) -> Object {
+        let mut s = Service::default();
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.name = Some(name.into());
+        Object::Service(Box::new(s))
+    }
+
+    #[test]
+    fn iteration_per_kind_is_in_key_order_whatever_the_insertion_order() {
+        let mut store = Store::new();
+        store.insert(service("b", "x"));
+        store.insert(service("a", "y"));
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("a".into());
+        store.insert(Object::Namespace(Box::new(ns)));
+        let names: Vec<_> = store
+            .services()
+            .map(|s| s.metadata.namespace.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(store.namespaces().count(), 1);
+    }
+
+    #[test]
+    fn insert_replaces_and_remove_returns_the_object() {
+        let mut store = Store::new();
+        assert!(store.insert(service("a", "x")).is_none());
+        assert!(store.insert(service("a", "x")).is_some());
+        let key = ObjectKey::new(Kind::Service, Some("a"), "x");
+        assert_eq!(key.to_string(), "Service a/x");
+        assert!(store.remove(&key).is_some());
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn spec_value_of_a_core_kind_drops_metadata() {
+        let object = service("a", "x");
+        let value = object.spec_value();
+        assert!(value.get("metadata").is_none());
+    }
+}

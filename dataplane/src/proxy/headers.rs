@@ -1,0 +1,130 @@
+//! Header rewriting between client and upstream. RFC 9110 §7.6.1
+//! (Connection): "a proxy or gateway MUST remove any received connection
+//! options before forwarding the message", i.e. the fields named by
+//! Connection and the hop-by-hop fields (Keep-Alive, Proxy-Connection, TE
+//! except "trailers", Transfer-Encoding, Upgrade). Plus the de-facto
+//! forwarding headers X-Forwarded-For, X-Forwarded-Proto and X-Request-Id.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes the connection-specific fields of one hop. TE survives only as
+/// "trailers", which HTTP/2 allows and gRPC needs.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.remove(header::TE) {
+        let wants_trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+}
+
+/// Appends the client address to X-Forwarded-For (joining earlier values
+/// into one list), sets X-Forwarded-Proto and keeps or makes X-Request-Id.
+pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, request_id: impl FnOnce() -> u128) {
+    let mut forwarded = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(value) = value.to_str() {
+            forwarded.push_str(value);
+            forwarded.push_str(", ");
+        }
+    }
+    let _ = write!(forwarded, "{client}");
+    if let Ok(value) = HeaderValue::try_from(forwarded) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id_value(request_id()));
+    }
+}
+
+fn request_id_value(id: u128) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, byte) in text.iter_mut().enumerate() {
+        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_are_removed() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-sum"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-kept"]);
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("te", "gzip")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_appends_client_and_keeps_request_id() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        add_forwarding(&mut h, [10, 0, 0, 1].into(), || 0xab);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-request-id"], "000000000000000000000000000000ab");
+        let mut h = map(&[("x-request-id", "abc")]);
+        add_forwarding(&mut h, [10, 0, 0, 1].into(), || panic!("not needed"));
+        assert_eq!(h["x-request-id"], "abc");
+    }
+}

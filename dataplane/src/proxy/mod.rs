@@ -1,0 +1,145 @@
+//! The proxy: applies tables (listeners first, then one atomic swap) and
+//! serves requests from whichever table is current.
+
+mod body;
+mod handler;
+mod headers;
+mod listeners;
+mod upstream;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use arc_swap::ArcSwap;
+use gatehouse_snapshot::Snapshot;
+
+pub use body::ProxyBody;
+pub use handler::ProxyError;
+pub use headers::{add_forwarding, remove_hop_by_hop};
+pub use listeners::BindError;
+
+use crate::{
+    stats::StatsRegistry,
+    table::{BuildError, Table},
+};
+use listeners::Listeners;
+use upstream::Upstream;
+
+/// Why a snapshot was not applied; the previous table keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("invalid snapshot: {0}")]
+    Invalid(#[from] BuildError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// What `apply` did with a snapshot it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Swapped,
+    /// Same version as the one serving: nothing rebuilt.
+    Unchanged,
+}
+
+/// One data plane: the current table, its listeners, upstream pools and
+/// statistics.
+pub struct Dataplane {
+    table: ArcSwap<Table>,
+    ready: AtomicBool,
+    /// Serializes applies; never touched by the request path.
+    listeners: tokio::sync::Mutex<Listeners>,
+    upstream: Upstream,
+    stats: StatsRegistry,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+}
+
+impl Dataplane {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            table: ArcSwap::from_pointee(Table::empty()),
+            ready: AtomicBool::new(false),
+            listeners: Default::default(),
+            upstream: Upstream::default(),
+            stats: StatsRegistry::default(),
+            acks: AtomicU64::new(0),
+            nacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Validates and builds `snapshot`, binds its new ports, swaps it in and
+    /// stops listening on ports it no longer has. On error nothing changes.
+    /// An empty `version` is filled in with the content version.
+    pub async fn apply(self: &Arc<Self>, mut snapshot: Snapshot) -> Result<Applied, ApplyError> {
+        if snapshot.version.is_empty() {
+            gatehouse_snapshot::seal(&mut snapshot);
+        }
+        let mut listeners = self.listeners.lock().await;
+        let result = self.apply_locked(&mut listeners, snapshot).await;
+        let counter = if result.is_ok() {
+            &self.acks
+        } else {
+            &self.nacks
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn apply_locked(
+        self: &Arc<Self>,
+        listeners: &mut Listeners,
+        snapshot: Snapshot,
+    ) -> Result<Applied, ApplyError> {
+        let current = self.table.load_full();
+        if self.is_ready() && current.version() == snapshot.version {
+            return Ok(Applied::Unchanged);
+        }
+        let version = snapshot.version.clone();
+        let table = Table::build_with(Arc::new(snapshot), Some(&current), &self.stats)?;
+        let bound = listeners.bind_missing(table.port_keys()).await?;
+        let kept = table.port_keys().to_vec();
+        self.table.store(Arc::new(table));
+        listeners.start(bound, self);
+        listeners.stop_removed(&kept);
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(%version, "snapshot applied");
+        Ok(Applied::Swapped)
+    }
+
+    /// The table serving now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// True once a snapshot has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The applied version, if any.
+    pub fn applied_version(&self) -> Option<String> {
+        self.is_ready()
+            .then(|| self.table.load().version().to_owned())
+    }
+
+    pub fn stats(&self) -> &StatsRegistry {
+        &self.stats
+    }
+
+    /// (acks, nacks) counted so far.
+    pub fn apply_counts(&self) -> (u64, u64) {
+        (
+            self.acks.load(Ordering::Relaxed),
+            self.nacks.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops accepting on every port and waits for open connections to
+    /// finish their in-flight requests.
+    pub async fn shutdown(&self) {
+        self.listeners.lock().await.stop_all().await;
+    }
+}

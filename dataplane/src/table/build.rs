@@ -1,0 +1,426 @@
+//! Snapshot to table: validates every index, hostname, regular expression,
+//! address and weight of the snapshot contract (`snapshot.proto`), and
+//! pre-digests them for matching. Any error rejects the whole snapshot.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use gatehouse_snapshot as pb;
+use http::{HeaderName, Method, uri::Authority};
+
+use super::{
+    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, Rule, Snapshot, Table,
+    Target, VirtualHost,
+    backend::Backend,
+    error::describe,
+    matching::{
+        HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, ValueMatch, whole_value_regex,
+    },
+};
+use crate::stats::StatsRegistry;
+
+/// Gateway API caps `BackendRef.weight` at 1,000,000.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+impl Table {
+    /// Builds a table with fresh balancing and statistics state.
+    pub fn build(snapshot: Arc<Snapshot>) -> Result<Table, BuildError> {
+        Self::build_with(snapshot, None, &StatsRegistry::default())
+    }
+
+    /// Builds a table, carrying round-robin positions and in-flight counts
+    /// over from `previous` (by cluster name and endpoint address) and
+    /// taking per-route statistics handles from `stats`.
+    pub fn build_with(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&Table>,
+        stats: &StatsRegistry,
+    ) -> Result<Table, BuildError> {
+        let clusters = build_clusters(&snapshot.clusters, previous)?;
+        let rules = build_rules(&snapshot.rules, clusters.len(), stats)?;
+        let mut ports = HashMap::with_capacity(snapshot.ports.len());
+        let mut port_keys = Vec::with_capacity(snapshot.ports.len());
+        for (i, port) in snapshot.ports.iter().enumerate() {
+            let (key, built) = build_port(port, i, rules.len())?;
+            if ports.insert(key, built).is_some() {
+                return Err(BuildError::new(
+                    format!("Port {key}"),
+                    format!("ports[{i}]"),
+                    "duplicate (address, bind_port)",
+                ));
+            }
+            port_keys.push(key);
+        }
+        Ok(Table {
+            snapshot,
+            ports,
+            port_keys: port_keys.into(),
+            rules: rules.into(),
+            clusters: clusters.into(),
+        })
+    }
+}
+
+fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, Port), BuildError> {
+    let object = format!("Port {}:{}", port.address, port.bind_port);
+    let err = |field: &str, problem: String| {
+        BuildError::new(object.clone(), format!("ports[{i}].{field}"), problem)
+    };
+    let address: IpAddr = port.address.parse().map_err(|_| {
+        err(
+            "address",
+            format!("{:?} is not an IP address", port.address),
+        )
+    })?;
+    let bind_port =
+        nonzero_port(port.bind_port).ok_or_else(|| err("bind_port", "out of range".into()))?;
+    let logical = nonzero_port(port.port).ok_or_else(|| err("port", "out of range".into()))?;
+    match pb::Protocol::try_from(port.protocol) {
+        Ok(pb::Protocol::Http | pb::Protocol::Unspecified) => {}
+        Ok(pb::Protocol::Https) => {
+            return Err(err(
+                "protocol",
+                "HTTPS is not supported by this data plane yet".into(),
+            ));
+        }
+        Err(_) => return Err(err("protocol", format!("unknown value {}", port.protocol))),
+    }
+    let listeners = port
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(l, listener)| {
+            build_listener(listener, &format!("ports[{i}].listeners[{l}]"), rule_count)
+        })
+        .collect::<Result<_, _>>()?;
+    let key = PortKey { address, bind_port };
+    Ok((
+        key,
+        Port {
+            port: logical,
+            listeners,
+        },
+    ))
+}
+
+fn nonzero_port(port: u32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+fn build_listener(
+    listener: &pb::Listener,
+    field: &str,
+    rule_count: usize,
+) -> Result<Listener, BuildError> {
+    let object = describe(listener.origin.as_ref());
+    let hostname = HostPattern::parse(&listener.hostname).ok_or_else(|| {
+        BuildError::new(
+            object.clone(),
+            format!("{field}.hostname"),
+            format!("{:?} is not a hostname", listener.hostname),
+        )
+    })?;
+    let mut exact = HashMap::new();
+    let mut wildcards = Vec::new();
+    let mut any = None;
+    for (h, vhost) in listener.hosts.iter().enumerate() {
+        let field = format!("{field}.hosts[{h}]");
+        let err =
+            |problem: String| BuildError::new(object.clone(), format!("{field}.hostname"), problem);
+        let pattern = HostPattern::parse(&vhost.hostname)
+            .ok_or_else(|| err(format!("{:?} is not a hostname", vhost.hostname)))?;
+        let built = build_virtual_host(vhost, &field, &object, rule_count)?;
+        let duplicate = match pattern {
+            HostPattern::Exact(name) => exact.insert(name, built).is_some(),
+            HostPattern::Wildcard(suffix) => {
+                let seen = wildcards.iter().any(|(s, _): &(Box<str>, _)| *s == suffix);
+                wildcards.push((suffix, built));
+                seen
+            }
+            HostPattern::Any => any.replace(built).is_some(),
+        };
+        if duplicate {
+            return Err(err(format!("duplicate virtual host {:?}", vhost.hostname)));
+        }
+    }
+    // Stable: equal lengths keep snapshot order.
+    wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    Ok(Listener {
+        object: object.into(),
+        hostname,
+        exact,
+        wildcards: wildcards.into(),
+        any,
+    })
+}
+
+fn build_virtual_host(
+    vhost: &pb::VirtualHost,
+    field: &str,
+    object: &str,
+    rule_count: usize,
+) -> Result<VirtualHost, BuildError> {
+    let matches = vhost
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(m, route_match)| {
+            build_match(
+                route_match,
+                &format!("{field}.matches[{m}]"),
+                object,
+                rule_count,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(VirtualHost { matches })
+}
+
+fn build_match(
+    m: &pb::RouteMatch,
+    field: &str,
+    object: &str,
+    rule_count: usize,
+) -> Result<RouteMatch, BuildError> {
+    let err = |sub: &str, problem: String| {
+        BuildError::new(object.to_owned(), format!("{field}.{sub}"), problem)
+    };
+    let rule = usize::try_from(m.rule)
+        .ok()
+        .filter(|r| *r < rule_count)
+        .ok_or_else(|| {
+            err(
+                "rule",
+                format!("index {} out of range ({rule_count} rules)", m.rule),
+            )
+        })?;
+    let path = build_path(m.path.as_ref()).map_err(|problem| err("path", problem))?;
+    let method = match m.method.as_str() {
+        "" => None,
+        name if name.bytes().all(|b| b.is_ascii_uppercase()) => {
+            Some(Method::from_bytes(name.as_bytes()).map_err(|e| err("method", e.to_string()))?)
+        }
+        name => {
+            return Err(err(
+                "method",
+                format!("{name:?} is not an upper-case method"),
+            ));
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(h, header)| {
+            let name = HeaderName::from_bytes(header.name.to_ascii_lowercase().as_bytes())
+                .map_err(|e| err(&format!("headers[{h}].name"), e.to_string()))?;
+            let value = build_value(header.r#type, &header.value)
+                .map_err(|problem| err(&format!("headers[{h}].value"), problem))?;
+            Ok(HeaderMatch { name, value })
+        })
+        .collect::<Result<_, _>>()?;
+    let query_params = m
+        .query_params
+        .iter()
+        .enumerate()
+        .map(|(q, param)| {
+            if param.name.is_empty() {
+                return Err(err(&format!("query_params[{q}].name"), "empty".into()));
+            }
+            let value = build_value(param.r#type, &param.value)
+                .map_err(|problem| err(&format!("query_params[{q}].value"), problem))?;
+            Ok(QueryParamMatch {
+                name: param.name.as_str().into(),
+                value,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(RouteMatch {
+        path,
+        method,
+        headers,
+        query_params,
+        rule,
+    })
+}
+
+fn build_path(path: Option<&pb::PathMatch>) -> Result<PathMatch, String> {
+    let Some(path) = path else {
+        return Ok(PathMatch::Prefix("".into()));
+    };
+    let value = path.value.as_str();
+    match pb::PathMatchType::try_from(path.r#type) {
+        Ok(pb::PathMatchType::PathMatchRegularExpression) => whole_value_regex(value)
+            .map(PathMatch::Regex)
+            .map_err(|e| format!("regular expression {value:?} does not compile: {e}")),
+        _ if !value.starts_with('/') => Err(format!("{value:?} does not start with \"/\"")),
+        Ok(pb::PathMatchType::PathMatchExact) => Ok(PathMatch::Exact(value.into())),
+        Ok(pb::PathMatchType::PathMatchPathPrefix) => {
+            Ok(PathMatch::Prefix(value.trim_end_matches('/').into()))
+        }
+        Err(_) => Err(format!("unknown path match type {}", path.r#type)),
+    }
+}
+
+fn build_value(kind: i32, value: &str) -> Result<ValueMatch, String> {
+    match pb::ValueMatchType::try_from(kind) {
+        Ok(pb::ValueMatchType::ValueMatchExact) => Ok(ValueMatch::Exact(value.into())),
+        Ok(pb::ValueMatchType::ValueMatchRegularExpression) => whole_value_regex(value)
+            .map(ValueMatch::Regex)
+            .map_err(|e| format!("regular expression {value:?} does not compile: {e}")),
+        Err(_) => Err(format!("unknown value match type {kind}")),
+    }
+}
+
+fn build_rules(
+    rules: &[pb::Rule],
+    cluster_count: usize,
+    stats: &StatsRegistry,
+) -> Result<Vec<Rule>, BuildError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| build_rule(rule, i, cluster_count, stats))
+        .collect()
+}
+
+fn build_rule(
+    rule: &pb::Rule,
+    i: usize,
+    cluster_count: usize,
+    stats: &StatsRegistry,
+) -> Result<Rule, BuildError> {
+    let object = describe(rule.origin.as_ref());
+    let route = rule
+        .origin
+        .as_ref()
+        .map(|o| format!("{}/{}", o.namespace, o.name))
+        .unwrap_or_default();
+    let mut backends = Vec::with_capacity(rule.backends.len());
+    let mut total_weight = 0u64;
+    for (b, backend) in rule.backends.iter().enumerate() {
+        let err = |sub: &str, problem: String| {
+            BuildError::new(
+                object.clone(),
+                format!("rules[{i}].backends[{b}].{sub}"),
+                problem,
+            )
+        };
+        if backend.weight > MAX_WEIGHT {
+            return Err(err(
+                "weight",
+                format!("{} exceeds {MAX_WEIGHT}", backend.weight),
+            ));
+        }
+        let target = match &backend.target {
+            Some(pb::backend::Target::Cluster(c)) => usize::try_from(*c)
+                .ok()
+                .filter(|c| *c < cluster_count)
+                .map(Target::Cluster)
+                .ok_or_else(|| {
+                    err(
+                        "cluster",
+                        format!("index {c} out of range ({cluster_count} clusters)"),
+                    )
+                })?,
+            Some(pb::backend::Target::Invalid(reason)) => Target::Invalid(reason.as_str().into()),
+            None => return Err(err("target", "missing".into())),
+        };
+        total_weight += u64::from(backend.weight);
+        backends.push(Backend {
+            weight: backend.weight,
+            target,
+        });
+    }
+    Ok(Rule {
+        stats: stats.route(&route),
+        route: route.into(),
+        object: object.into(),
+        backends: backends.into(),
+        total_weight,
+    })
+}
+
+fn build_clusters(
+    clusters: &[pb::Cluster],
+    previous: Option<&Table>,
+) -> Result<Vec<Cluster>, BuildError> {
+    let previous: HashMap<&str, &Cluster> = previous
+        .map(|t| t.clusters.iter().map(|c| (&*c.name, c)).collect())
+        .unwrap_or_default();
+    let mut names = HashSet::with_capacity(clusters.len());
+    clusters
+        .iter()
+        .enumerate()
+        .map(|(i, cluster)| {
+            if !names.insert(cluster.name.as_str()) {
+                return Err(BuildError::new(
+                    format!("Cluster {}", cluster.name),
+                    format!("clusters[{i}].name"),
+                    "duplicate cluster name",
+                ));
+            }
+            build_cluster(cluster, i, previous.get(cluster.name.as_str()).copied())
+        })
+        .collect()
+}
+
+fn build_cluster(
+    cluster: &pb::Cluster,
+    i: usize,
+    previous: Option<&Cluster>,
+) -> Result<Cluster, BuildError> {
+    let err = |field: String, problem: String| {
+        BuildError::new(format!("Cluster {}", cluster.name), field, problem)
+    };
+    let load_balancing = pb::LoadBalancing::try_from(cluster.load_balancing).map_err(|_| {
+        err(
+            format!("clusters[{i}].load_balancing"),
+            format!("unknown value {}", cluster.load_balancing),
+        )
+    })?;
+    let protocol = pb::UpstreamProtocol::try_from(cluster.protocol).map_err(|_| {
+        err(
+            format!("clusters[{i}].protocol"),
+            format!("unknown value {}", cluster.protocol),
+        )
+    })?;
+    let endpoints = cluster
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(e, endpoint)| {
+            let field = format!("clusters[{i}].endpoints[{e}]");
+            let ip: IpAddr = endpoint.address.parse().map_err(|_| {
+                err(
+                    format!("{field}.address"),
+                    format!("{:?} is not an IP address", endpoint.address),
+                )
+            })?;
+            let port = nonzero_port(endpoint.port)
+                .ok_or_else(|| err(format!("{field}.port"), "out of range".into()))?;
+            let address = SocketAddr::new(ip, port);
+            let authority = Authority::try_from(address.to_string())
+                .map_err(|e| err(format!("{field}.address"), e.to_string()))?;
+            let in_flight = previous
+                .and_then(|p| p.endpoints.iter().find(|old| old.address == address))
+                .map(|old| old.in_flight.clone())
+                .unwrap_or_default();
+            Ok(Endpoint {
+                address,
+                authority,
+                in_flight,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Cluster {
+        name: cluster.name.as_str().into(),
+        endpoints,
+        load_balancing,
+        protocol,
+        next: previous.map(|p| p.next.clone()).unwrap_or_default(),
+    })
+}

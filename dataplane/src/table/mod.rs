@@ -1,0 +1,174 @@
+//! The runtime table: a validated, pre-digested snapshot, and request
+//! matching by Gateway API v1 HTTPRoute precedence (`HTTPRouteRule.matches`,
+//! "Precedence" in the HTTPRoute spec). The controller sorts by precedence;
+//! this module honours snapshot order: per port, the first listener whose
+//! hostname matches; in it the exact virtual host, then each matching
+//! wildcard longest first, then the "" one; the first matching RouteMatch.
+//!
+//! Pure: no sockets, clocks or spawns. Per-cluster and per-route state
+//! (atomics) is carried over from the previous table by stable keys.
+
+mod backend;
+mod build;
+mod error;
+mod host;
+mod matching;
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+pub use backend::{Backend, Cluster, Endpoint, InFlight, Rule, Target};
+pub use error::BuildError;
+pub use gatehouse_snapshot::Snapshot;
+pub use host::{HostError, HostPattern, normalize_host};
+pub use matching::{RequestView, RouteMatch};
+
+/// A bound socket: the address and the port actually bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub address: IpAddr,
+    pub bind_port: u16,
+}
+
+impl PortKey {
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        (self.address, self.bind_port).into()
+    }
+}
+
+impl std::fmt::Display for PortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.socket_addr().fmt(f)
+    }
+}
+
+/// The immutable routing state built from one snapshot.
+#[derive(Debug)]
+pub struct Table {
+    snapshot: Arc<Snapshot>,
+    ports: HashMap<PortKey, Port>,
+    /// In snapshot order, for binding.
+    port_keys: Box<[PortKey]>,
+    rules: Box<[Rule]>,
+    clusters: Box<[Cluster]>,
+}
+
+#[derive(Debug)]
+pub struct Port {
+    /// The port clients see.
+    pub port: u16,
+    pub listeners: Box<[Listener]>,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub object: Arc<str>,
+    pub hostname: HostPattern,
+    exact: HashMap<Box<str>, VirtualHost>,
+    /// (suffix ".example.com", host), longest suffix first.
+    wildcards: Box<[(Box<str>, VirtualHost)]>,
+    any: Option<VirtualHost>,
+}
+
+#[derive(Debug, Default)]
+pub struct VirtualHost {
+    pub matches: Box<[RouteMatch]>,
+}
+
+impl VirtualHost {
+    /// The first RouteMatch in precedence (snapshot) order.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<&RouteMatch> {
+        self.matches.iter().find(|m| m.matches(request))
+    }
+}
+
+/// What a request found in the table.
+#[derive(Debug)]
+pub enum Lookup<'t> {
+    /// No port in the table for the socket (it is being removed).
+    NoPort,
+    /// No listener of the port matches the host.
+    NoListener,
+    NoRoute,
+    Rule(&'t Rule),
+}
+
+impl Table {
+    /// An empty table, served before the first snapshot.
+    pub fn empty() -> Self {
+        Self {
+            snapshot: Arc::default(),
+            ports: HashMap::new(),
+            port_keys: Box::default(),
+            rules: Box::default(),
+            clusters: Box::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn version(&self) -> &str {
+        &self.snapshot.version
+    }
+
+    pub fn port_keys(&self) -> &[PortKey] {
+        &self.port_keys
+    }
+
+    pub fn port(&self, key: &PortKey) -> Option<&Port> {
+        self.ports.get(key)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
+    pub fn cluster(&self, index: usize) -> &Cluster {
+        &self.clusters[index]
+    }
+
+    /// Port, listener, then route: the whole match for one request.
+    pub fn lookup(&self, key: &PortKey, request: &RequestView<'_>) -> Lookup<'_> {
+        let Some(port) = self.port(key) else {
+            return Lookup::NoPort;
+        };
+        let Some(listener) = port.listener(request.host) else {
+            return Lookup::NoListener;
+        };
+        match listener.find(request) {
+            Some(found) => Lookup::Rule(&self.rules[found.rule]),
+            None => Lookup::NoRoute,
+        }
+    }
+}
+
+impl Port {
+    /// The first listener, in snapshot order, whose hostname matches.
+    pub fn listener(&self, host: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.hostname.matches(host))
+    }
+}
+
+impl Listener {
+    /// The first matching RouteMatch of the exact virtual host, then of each
+    /// matching wildcard (longest first), then of the "" virtual host.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<&RouteMatch> {
+        if let Some(found) = self.exact.get(request.host).and_then(|v| v.find(request)) {
+            return Some(found);
+        }
+        let wildcard = self
+            .wildcards
+            .iter()
+            .filter(|(suffix, _)| host::wildcard_matches(suffix, request.host))
+            .find_map(|(_, vhost)| vhost.find(request));
+        wildcard.or_else(|| self.any.as_ref().and_then(|v| v.find(request)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

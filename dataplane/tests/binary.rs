@@ -1,0 +1,121 @@
+//! The `gatehouse-dataplane` binary serving a snapshot file: readiness,
+//! metrics, the debug snapshot, traffic, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+/// Polls `url` until it answers 200, within a bound.
+async fn wait_ready(client: &HttpClient, admin: u16) {
+    for _ in 0..500 {
+        let request = hyper::Request::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        if let Ok(response) = client.request(request).await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("data plane never became ready");
+}
+
+#[tokio::test]
+async fn serves_a_snapshot_file_and_reports_it() {
+    let backend = echo("file").await;
+    let bind = free_port();
+    let admin = free_port();
+    let snap = single_route(bind, "from-file", backend);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.json");
+    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse-dataplane"))
+        .args([
+            "--snapshot",
+            path.to_str().unwrap(),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--workers",
+            "1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = http1_client();
+    wait_ready(&client, admin).await;
+
+    let reply = get(&client, bind, "x", "/hello", &[]).await;
+    assert_eq!((reply.status, reply.echo_name()), (200, "file"));
+    // RFC 9112 §3.2: more than one Host field is a 400.
+    let twice = get(&client, bind, "x", "/", &[("host", "y")]).await;
+    assert_eq!(twice.status, 400);
+
+    let debug = get(&client, admin, "admin", "/debug/snapshot", &[]).await;
+    assert_eq!(debug.json()["version"], snap.version);
+    assert_eq!(debug.json()["ports"][0]["bindPort"], u32::from(bind));
+
+    let metrics = String::from_utf8(
+        get(&client, admin, "admin", "/metrics", &[])
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        "gatehouse_requests_total{route=\"ns/from-file\",status_class=\"2xx\"} 1".to_owned(),
+        "gatehouse_requests_total{route=\"\",status_class=\"4xx\"} 1".to_owned(),
+        format!("gatehouse_snapshot_info{{version=\"{}\"}} 1", snap.version),
+        "gatehouse_snapshot_applies_total{result=\"ack\"} 1".to_owned(),
+        "gatehouse_request_duration_seconds_count{route=\"ns/from-file\"} 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+
+    // The `kill` command keeps the test free of unsafe libc calls.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
+
+#[test]
+fn an_unreadable_snapshot_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, b"{ not json").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse-dataplane"))
+        .args([
+            "--snapshot",
+            path.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = BufReader::new(&output.stderr[..])
+        .lines()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(stderr.contains("snapshot does not decode"), "{stderr}");
+}

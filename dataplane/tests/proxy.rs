@@ -1,0 +1,536 @@
+//! The data plane in-process, fed snapshots, with real sockets and real
+//! echo backends.
+
+mod common;
+
+use std::{
+    net::TcpListener as StdListener,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::*;
+use gatehouse_dataplane::{ApplyError, Dataplane};
+use gatehouse_snapshot as pb;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn serve(snapshot: pb::Snapshot) -> Arc<Dataplane> {
+    let dataplane = Dataplane::new();
+    dataplane.apply(snapshot).await.expect("snapshot applies");
+    dataplane
+}
+
+fn header_match(name: &str, value: &str) -> pb::HeaderMatch {
+    pb::HeaderMatch {
+        r#type: pb::ValueMatchType::ValueMatchExact as i32,
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+/// (host, path, extra headers, expected backend name).
+type RouteCase = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[tokio::test]
+async fn routes_by_host_path_header_query_and_method() {
+    let names = [
+        "exact-host",
+        "wildcard",
+        "path",
+        "header",
+        "query",
+        "method",
+        "fallback",
+    ];
+    let mut backends = Vec::new();
+    for name in names {
+        backends.push(echo(name).await);
+    }
+    let bind = free_port();
+    let mut by_header = prefix("/", 3);
+    by_header.headers = vec![header_match("x-tier", "gold")];
+    let mut by_query = prefix("/", 4);
+    by_query.query_params = vec![pb::QueryParamMatch {
+        r#type: pb::ValueMatchType::ValueMatchRegularExpression as i32,
+        name: "v".into(),
+        value: "[0-9]+".into(),
+    }];
+    let mut by_method = prefix("/", 5);
+    by_method.method = "DELETE".into();
+    let any_host = vhost(
+        "",
+        vec![
+            prefix("/api", 2),
+            by_header,
+            by_query,
+            by_method,
+            prefix("/", 6),
+        ],
+    );
+    let snap = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "",
+                vec![
+                    vhost("a.example.com", vec![prefix("/", 0)]),
+                    vhost("*.example.com", vec![prefix("/", 1)]),
+                    any_host,
+                ],
+            )],
+        )],
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| rule(n, vec![to_cluster(1, i as u32)]))
+            .collect(),
+        names
+            .iter()
+            .zip(&backends)
+            .map(|(n, b)| cluster(&format!("ns/{n}:80"), &[*b]))
+            .collect(),
+    );
+    let _dp = serve(snap).await;
+    let client = http1_client();
+    let cases: [RouteCase; 7] = [
+        ("A.Example.com:80", "/", &[], "exact-host"),
+        ("b.example.com", "/", &[], "wildcard"),
+        ("other", "/api/x", &[], "path"),
+        ("other", "/", &[("X-Tier", "gold")], "header"),
+        ("other", "/?v=42", &[], "query"),
+        ("other", "/?v=4x", &[], "fallback"),
+        ("other", "/apix", &[], "fallback"),
+    ];
+    for (host, path, headers, expected) in cases {
+        let reply = get(&client, bind, host, path, headers).await;
+        assert_eq!(reply.status, 200, "{host}{path}");
+        assert_eq!(reply.echo_name(), expected, "{host}{path} {headers:?}");
+    }
+    let delete = Request::delete(format!("http://127.0.0.1:{bind}/"))
+        .header("host", "other")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(send(&client, delete).await.echo_name(), "method");
+}
+
+#[tokio::test]
+async fn weighted_split_follows_weights_over_2000_requests() {
+    let (light, heavy) = (echo("light").await, echo("heavy").await);
+    let bind = free_port();
+    let snap = snapshot(
+        vec![port(
+            bind,
+            vec![listener("", vec![vhost("", vec![prefix("/", 0)])])],
+        )],
+        vec![rule(
+            "split",
+            vec![to_cluster(1, 0), to_cluster(0, 2), to_cluster(3, 1)],
+        )],
+        vec![
+            cluster("ns/light:80", &[light]),
+            cluster("ns/heavy:80", &[heavy]),
+            cluster("ns/zero:80", &[light]),
+        ],
+    );
+    let _dp = serve(snap).await;
+    let client = http1_client();
+    let total = 2000;
+    let mut heavy_count = 0;
+    for _ in 0..total {
+        let reply = get(&client, bind, "x", "/", &[]).await;
+        assert_eq!(reply.status, 200);
+        heavy_count += usize::from(reply.echo_name() == "heavy");
+    }
+    // Expected 0.75; one standard deviation is about 0.0097, so ±0.05 is
+    // beyond five of them.
+    let share = heavy_count as f64 / total as f64;
+    assert!((share - 0.75).abs() < 0.05, "heavy share {share}");
+}
+
+#[tokio::test]
+async fn local_answers_404_500_503_502() {
+    let backend = echo("ok").await;
+    let closed = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bind = free_port();
+    let snap = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "known.example",
+                vec![vhost(
+                    "",
+                    vec![
+                        prefix("/invalid", 0),
+                        prefix("/empty", 1),
+                        prefix("/zero", 2),
+                        prefix("/no-endpoints", 3),
+                        prefix("/closed", 4),
+                        prefix("/ok", 5),
+                    ],
+                )],
+            )],
+        )],
+        vec![
+            rule("invalid", vec![invalid(1)]),
+            rule("empty", vec![]),
+            rule("zero", vec![to_cluster(0, 0)]),
+            rule("no-endpoints", vec![to_cluster(1, 1)]),
+            rule("closed", vec![to_cluster(1, 2)]),
+            rule("ok", vec![to_cluster(1, 0)]),
+        ],
+        vec![
+            cluster("ns/ok:80", &[backend]),
+            cluster("ns/none:80", &[]),
+            cluster("ns/closed:80", &[closed]),
+        ],
+    );
+    let _dp = serve(snap).await;
+    let client = http1_client();
+    let cases = [
+        ("known.example", "/ok", 200),
+        ("known.example", "/nothing", 404),
+        ("other.example", "/ok", 404),
+        ("known.example", "/invalid", 500),
+        ("known.example", "/empty", 500),
+        ("known.example", "/zero", 500),
+        ("known.example", "/no-endpoints", 503),
+        ("known.example", "/closed", 502),
+    ];
+    for (host, path, status) in cases {
+        assert_eq!(
+            get(&client, bind, host, path, &[]).await.status,
+            status,
+            "{host}{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_host_is_400_not_a_panic() {
+    let bind = free_port();
+    let _dp = serve(single_route(bind, "r", echo("e").await)).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+}
+
+#[tokio::test]
+async fn hop_by_hop_removed_and_forwarding_headers_set() {
+    let bind = free_port();
+    let _dp = serve(single_route(bind, "r", echo("e").await)).await;
+    let client = http1_client();
+    let reply = get(
+        &client,
+        bind,
+        "svc.example:8080",
+        "/p?q=1",
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "s"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, gzip"),
+            ("trailer", "x-sum"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    for name in ["x-hop", "connection", "proxy-connection"] {
+        assert!(!reply.headers.contains_key(name), "response kept {name}");
+    }
+    let echo = reply.json();
+    let headers = &echo["headers"];
+    for name in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            headers.get(name).is_none(),
+            "request kept {name}: {headers}"
+        );
+    }
+    assert_eq!(headers["te"][0], "trailers");
+    assert_eq!(headers["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"][0], "http");
+    let id = headers["x-request-id"][0].as_str().unwrap();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_eq!(echo["host"], "svc.example:8080");
+    assert_eq!(echo["path"], "/p");
+    assert_eq!(echo["query"], "q=1");
+
+    let kept = get(
+        &client,
+        bind,
+        "svc.example",
+        "/",
+        &[("x-request-id", "mine")],
+    )
+    .await
+    .json();
+    assert_eq!(kept["headers"]["x-request-id"][0], "mine");
+}
+
+/// Sends one HTTP/2 prior-knowledge request with `:authority` `authority`.
+async fn h2_get(bind: u16, authority: &str, path: &str) -> (u16, serde_json::Value) {
+    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{authority}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn h2c_clients_reach_http1_and_h2c_upstreams_with_their_authority() {
+    let (one, two) = (echo("http1").await, echo("h2c").await);
+    let bind = free_port();
+    let mut h2_cluster = cluster("ns/h2:80", &[two]);
+    h2_cluster.protocol = pb::UpstreamProtocol::H2c as i32;
+    let snap = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "",
+                vec![vhost("", vec![prefix("/h2", 1), prefix("/", 0)])],
+            )],
+        )],
+        vec![
+            rule("one", vec![to_cluster(1, 0)]),
+            rule("two", vec![to_cluster(1, 1)]),
+        ],
+        vec![cluster("ns/one:80", &[one]), h2_cluster],
+    );
+    let _dp = serve(snap).await;
+    let (status, echo) = h2_get(bind, "app.example", "/x").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (echo["name"].as_str(), echo["version"].as_str()),
+        (Some("http1"), Some("HTTP/1.1"))
+    );
+    assert_eq!(echo["host"], "app.example");
+    let (status, echo) = h2_get(bind, "app.example", "/h2").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (echo["name"].as_str(), echo["version"].as_str()),
+        (Some("h2c"), Some("HTTP/2.0"))
+    );
+    assert_eq!(echo["host"], "app.example");
+    // HTTP/1.1 client to an h2c upstream.
+    let reply = get(&http1_client(), bind, "app.example", "/h2", &[]).await;
+    assert_eq!(reply.json()["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn least_request_cluster_serves_from_all_endpoints() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let bind = free_port();
+    let mut lr = cluster("ns/lr:80", &[a, b]);
+    lr.load_balancing = pb::LoadBalancing::LeastRequest as i32;
+    let snap = snapshot(
+        vec![port(
+            bind,
+            vec![listener("", vec![vhost("", vec![prefix("/", 0)])])],
+        )],
+        vec![rule("lr", vec![to_cluster(1, 0)])],
+        vec![lr],
+    );
+    let _dp = serve(snap).await;
+    let client = http1_client();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        seen.insert(
+            get(&client, bind, "x", "/", &[])
+                .await
+                .echo_name()
+                .to_owned(),
+        );
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn swap_under_load_has_zero_failures_and_keeps_open_connections() {
+    let (blue, green) = (echo("blue").await, echo("green").await);
+    let bind = free_port();
+    let dp = serve(single_route(bind, "blue", blue)).await;
+
+    // A keep-alive connection opened before any swap.
+    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    let (mut kept, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let kept_alive = Arc::new(AtomicBool::new(true));
+    let flag = kept_alive.clone();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        flag.store(false, Ordering::SeqCst);
+    });
+    let first = Request::get("/")
+        .header("host", "x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        kept.send_request(first).await.unwrap().headers()["x-echo-name"],
+        "blue"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, served) = (stop.clone(), served.clone());
+        load.push(tokio::spawn(async move {
+            let client = http1_client();
+            while !stop.load(Ordering::Relaxed) {
+                let reply = get(&client, bind, "x", "/", &[]).await;
+                assert_eq!(reply.status, 200, "request failed during swaps");
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for i in 0..20 {
+        let (route, backend) = if i % 2 == 0 {
+            ("green", green)
+        } else {
+            ("blue", blue)
+        };
+        dp.apply(single_route(bind, route, backend))
+            .await
+            .expect("swap applies");
+        tokio::task::yield_now().await;
+    }
+    dp.apply(single_route(bind, "green", green)).await.unwrap();
+    let target = served.load(Ordering::Relaxed) + 50;
+    while served.load(Ordering::Relaxed) < target {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("no request failed");
+    }
+    assert!(
+        kept_alive.load(Ordering::SeqCst),
+        "the keep-alive connection was closed"
+    );
+    let after = Request::get("/")
+        .header("host", "x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = kept
+        .send_request(after)
+        .await
+        .expect("old connection still serves");
+    assert_eq!(response.headers()["x-echo-name"], "green");
+}
+
+#[tokio::test]
+async fn nack_keeps_the_old_table_and_closes_newly_bound_ports() {
+    let backend = echo("old").await;
+    let bind = free_port();
+    let dp = serve(single_route(bind, "old", backend)).await;
+    let version = dp.applied_version();
+
+    let mut bad = single_route(bind, "new", backend);
+    bad.ports[0].listeners[0].hosts[0].matches[0].path = Some(pb::PathMatch {
+        r#type: pb::PathMatchType::PathMatchRegularExpression as i32,
+        value: "/(".into(),
+    });
+    pb::seal(&mut bad);
+    assert!(matches!(dp.apply(bad).await, Err(ApplyError::Invalid(_))));
+
+    // Two new ports, the second one taken: the first must be released.
+    let (free, taken) = {
+        let (a, b) = (free_port(), free_port());
+        (a.min(b), a.max(b))
+    };
+    let _occupant = StdListener::bind(("127.0.0.1", taken)).unwrap();
+    let mut busy = single_route(bind, "new", backend);
+    busy.ports.push(port(free, vec![]));
+    busy.ports.push(port(taken, vec![]));
+    pb::seal(&mut busy);
+    match dp.apply(busy).await {
+        Err(ApplyError::Bind(e)) => assert_eq!(e.port.bind_port, taken),
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    StdListener::bind(("127.0.0.1", free)).expect("newly bound port was released");
+
+    assert_eq!(dp.applied_version(), version);
+    assert_eq!(
+        get(&http1_client(), bind, "x", "/", &[]).await.echo_name(),
+        "old"
+    );
+    assert_eq!(dp.apply_counts(), (1, 2));
+}
+
+#[tokio::test]
+async fn removed_port_stops_accepting_and_new_port_serves() {
+    let backend = echo("e").await;
+    let (first, second) = (free_port(), free_port());
+    let dp = serve(single_route(first, "r", backend)).await;
+    dp.apply(single_route(second, "r", backend)).await.unwrap();
+    assert_eq!(
+        get(&http1_client(), second, "x", "/", &[]).await.status,
+        200
+    );
+    // The accept loop stops asynchronously; poll with a bound.
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", first)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "removed port still accepts connections");
+}
+
+#[tokio::test]
+async fn same_version_is_not_rebuilt() {
+    let bind = free_port();
+    let snap = single_route(bind, "r", echo("e").await);
+    let dp = serve(snap.clone()).await;
+    let before = dp.table();
+    assert_eq!(
+        dp.apply(snap).await.unwrap(),
+        gatehouse_dataplane::Applied::Unchanged
+    );
+    assert!(Arc::ptr_eq(&before, &dp.table()));
+}
