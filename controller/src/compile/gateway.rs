@@ -37,7 +37,7 @@ impl<'a> GatewayModel<'a> {
             created: meta.creation_timestamp.as_ref(),
             group,
             addresses: addresses(gateway, options),
-            listeners: listener::listeners(&gateway.spec.listeners),
+            listeners: listener::listeners(&gateway.spec.listeners, options.port_offset),
         }
     }
 

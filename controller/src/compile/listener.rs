@@ -68,9 +68,19 @@ pub fn selects(selector: &NamespaceSelector, labels: &BTreeMap<String, String>) 
     labels_ok && expressions_ok
 }
 
-/// Validates the listeners of one Gateway, in spec order.
-pub fn listeners(spec: &[Listener]) -> Vec<ListenerModel> {
+/// Validates the listeners of one Gateway, in spec order. `port_offset` is
+/// the standalone offset every listener port is bound at.
+pub fn listeners(spec: &[Listener], port_offset: u16) -> Vec<ListenerModel> {
     let mut out: Vec<ListenerModel> = spec.iter().map(listener).collect();
+    for l in &mut out {
+        let bound = u32::from(l.port) + u32::from(port_offset);
+        if bound > u32::from(u16::MAX) {
+            l.report.port_unavailable = Some(format!(
+                "port {} plus the port offset {port_offset} is {bound}, beyond 65535",
+                l.port
+            ));
+        }
+    }
     for (i, l) in spec.iter().enumerate() {
         for (j, other) in spec.iter().enumerate() {
             if i == j || l.port != other.port {
@@ -175,9 +185,12 @@ mod tests {
 
     #[test]
     fn same_port_different_protocol_is_a_protocol_conflict() {
-        let ls = listeners(&parse(
-            "- {name: a, port: 80, protocol: HTTP}\n- {name: b, port: 80, protocol: HTTPS}\n- {name: c, port: 81, protocol: HTTP}\n",
-        ));
+        let ls = listeners(
+            &parse(
+                "- {name: a, port: 80, protocol: HTTP}\n- {name: b, port: 80, protocol: HTTPS}\n- {name: c, port: 81, protocol: HTTP}\n",
+            ),
+            0,
+        );
         assert_eq!(ls[0].report.conflict, Some(Conflict::Protocol));
         assert_eq!(ls[1].report.conflict, Some(Conflict::Protocol));
         assert_eq!(ls[2].report.conflict, None);
@@ -185,10 +198,26 @@ mod tests {
     }
 
     #[test]
+    fn a_port_beyond_65535_after_the_offset_is_unavailable() {
+        let ls = listeners(
+            &parse(
+                "- {name: a, port: 80, protocol: HTTP}\n- {name: b, port: 65000, protocol: HTTP}\n",
+            ),
+            1000,
+        );
+        assert!(ls[0].report.is_usable());
+        assert!(ls[1].report.port_unavailable.is_some());
+        assert!(!ls[1].report.is_usable());
+    }
+
+    #[test]
     fn same_port_protocol_and_hostname_is_a_hostname_conflict() {
-        let ls = listeners(&parse(
-            "- {name: a, port: 80, protocol: HTTP, hostname: x.com}\n- {name: b, port: 80, protocol: HTTP, hostname: X.com}\n- {name: c, port: 80, protocol: HTTP, hostname: y.com}\n",
-        ));
+        let ls = listeners(
+            &parse(
+                "- {name: a, port: 80, protocol: HTTP, hostname: x.com}\n- {name: b, port: 80, protocol: HTTP, hostname: X.com}\n- {name: c, port: 80, protocol: HTTP, hostname: y.com}\n",
+            ),
+            0,
+        );
         assert_eq!(ls[0].report.conflict, Some(Conflict::Hostname));
         assert_eq!(ls[1].report.conflict, Some(Conflict::Hostname));
         assert_eq!(ls[2].report.conflict, None);
@@ -196,9 +225,12 @@ mod tests {
 
     #[test]
     fn unsupported_route_kinds_are_reported_and_valid_ones_kept() {
-        let ls = listeners(&parse(
-            "- name: a\n  port: 80\n  protocol: HTTP\n  allowedRoutes:\n    kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]\n- name: b\n  port: 81\n  protocol: HTTP\n  allowedRoutes:\n    kinds: [{group: example.com, kind: HTTPRoute}]\n",
-        ));
+        let ls = listeners(
+            &parse(
+                "- name: a\n  port: 80\n  protocol: HTTP\n  allowedRoutes:\n    kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]\n- name: b\n  port: 81\n  protocol: HTTP\n  allowedRoutes:\n    kinds: [{group: example.com, kind: HTTPRoute}]\n",
+            ),
+            0,
+        );
         assert_eq!(ls[0].report.supported_kinds, ["HTTPRoute"]);
         assert!(ls[0].report.invalid_route_kinds.is_some());
         assert!(ls[1].report.supported_kinds.is_empty());

@@ -91,6 +91,9 @@ pub struct ListenerReport {
     pub attached_routes: u32,
     /// Message when the protocol is not one we serve.
     pub unsupported_protocol: Option<String>,
+    /// Message when the port cannot be bound (e.g. beyond 65535 once the
+    /// standalone port offset is added).
+    pub port_unavailable: Option<String>,
     pub conflict: Option<Conflict>,
     /// Message when `allowedRoutes.kinds` names a kind we do not support.
     pub invalid_route_kinds: Option<String>,
@@ -100,14 +103,16 @@ impl ListenerReport {
     /// A usable listener can carry routes and is bound.
     pub fn is_usable(&self) -> bool {
         self.unsupported_protocol.is_none()
+            && self.port_unavailable.is_none()
             && self.conflict.is_none()
             && !self.supported_kinds.is_empty()
     }
 
     fn to_status(&self, ctx: ConditionContext<'_>, gateway_ok: bool) -> Value {
-        let accepted = match &self.unsupported_protocol {
-            Some(msg) => ctx.condition("Accepted", false, "UnsupportedProtocol", msg),
-            None => ctx.condition("Accepted", true, "Accepted", "Listener is valid"),
+        let accepted = match (&self.unsupported_protocol, &self.port_unavailable) {
+            (Some(msg), _) => ctx.condition("Accepted", false, "UnsupportedProtocol", msg),
+            (None, Some(msg)) => ctx.condition("Accepted", false, "PortUnavailable", msg),
+            (None, None) => ctx.condition("Accepted", true, "Accepted", "Listener is valid"),
         };
         let programmed = if gateway_ok && self.is_usable() {
             ctx.condition("Programmed", true, "Programmed", "Listener is bound")
