@@ -73,7 +73,9 @@ impl Process {
     /// breaks, its stdout.
     pub fn start(mut command: Command, prefixes: &[&str]) -> anyhow::Result<(Self, Vec<String>)> {
         command.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
         let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut found = Vec::new();
         let mut line = String::new();
@@ -353,6 +355,7 @@ impl HttpClient {
         }
     }
 
+    /// An HTTP/2 client with prior knowledge (h2c), as gRPC clients are.
     pub fn h2c() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -361,6 +364,35 @@ impl HttpClient {
                 .http2_only(true)
                 .build(connector),
         }
+    }
+
+    /// One HTTP/2 (h2c) request over a fresh connection to `addr`, with
+    /// `authority` as `:authority`: what a browser or gRPC client sends for
+    /// a name that resolves to `addr`.
+    pub async fn h2c_request(
+        addr: SocketAddr,
+        authority: &str,
+        path: &str,
+    ) -> anyhow::Result<Reply> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{authority}{path}"))
+            .body(Full::new(Bytes::new()))?;
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .context("h2c request timed out")??;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
 
     pub async fn get(&self, url: &str, host: Option<&str>) -> anyhow::Result<Reply> {

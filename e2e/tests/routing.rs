@@ -298,3 +298,19 @@ async fn backend_sees_the_request_with_forwarding_headers() {
         "no generated request id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_routed_by_authority() {
+    let (_backends, gateway) = start().await;
+    let addr = std::net::SocketAddr::new(gateway.address, 80 + gatehouse_e2e::PORT_OFFSET);
+    let reply = HttpClient::h2c_request(addr, "foo.example.com", "/h2")
+        .await
+        .expect("h2c request");
+    assert_eq!(reply.backend(), Some("a"), "status {}", reply.status);
+    assert_eq!(reply.echo()["path"], "/h2");
+    assert_eq!(reply.echo()["host"], "foo.example.com");
+    let missed = HttpClient::h2c_request(addr, "nothing.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(missed.status, 404);
+}
