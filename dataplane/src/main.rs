@@ -29,7 +29,8 @@ struct Args {
     /// Admin address (readiness, metrics, debug); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9902")]
     admin: SocketAddr,
-    /// Tokio worker threads (default: one per core).
+    /// Tokio worker threads (default: one per core). With 1, the proxy runs
+    /// on the main thread alone.
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -43,10 +44,17 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
+    // One worker needs no work stealing: a single-thread scheduler wakes
+    // tasks without cross-thread notification and atomics.
+    let mut runtime = match args.workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().build()?.block_on(run(args))
 }
 

@@ -3,8 +3,9 @@
 //! status mapping of every failure. No locks; the table `Arc` is cloned once
 //! before the first `.await`.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri};
 use hyper::body::Incoming;
 
@@ -58,13 +59,15 @@ impl ProxyError {
 }
 
 impl Dataplane {
-    /// Serves one request that arrived on the socket `port`.
+    /// Serves one request that arrived on the socket `port`. Never fails:
+    /// errors are answered locally; the `Result` is hyper's service shape,
+    /// returned as is so that no wrapping future copies this one.
     pub(crate) async fn handle(
         self: Arc<Self>,
         port: PortKey,
         client: SocketAddr,
         request: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let table = self.table.load_full();
         let found = find_rule(&table, &port, &request);
@@ -80,7 +83,7 @@ impl Dataplane {
             error.response()
         });
         stats.record(response.status().as_u16(), started.elapsed());
-        response
+        Ok(response)
     }
 
     async fn forward(
@@ -105,20 +108,20 @@ impl Dataplane {
             .ok_or(ProxyError::NoEndpoints)?;
         let in_flight = endpoint.begin();
         let protocol = cluster.protocol;
-        let upstream_request = upstream_request(request, client, protocol, &endpoint.authority)?;
+        let upstream_request = upstream_request(request, client, protocol)?;
         let sent = match protocol {
-            UpstreamProtocol::Http1 => {
-                self.upstream
-                    .send_http1(endpoint.address, upstream_request)
-                    .await
-            }
-            UpstreamProtocol::H2c => {
-                self.upstream
-                    .send_h2c(endpoint.address, upstream_request)
-                    .await
-            }
+            UpstreamProtocol::Http1 => self
+                .upstream
+                .send_http1(endpoint.address, upstream_request)
+                .await
+                .map(|(response, connection)| (response, Some(connection))),
+            UpstreamProtocol::H2c => self
+                .upstream
+                .send_h2c(endpoint.address, upstream_request)
+                .await
+                .map(|response| (response, None)),
         };
-        let response = sent.map_err(|error| {
+        let (response, connection) = sent.map_err(|error| {
             tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
             match error {
                 super::upstream::UpstreamError::Connect(..) => ProxyError::Connect,
@@ -132,6 +135,7 @@ impl Dataplane {
             ProxyBody::Upstream {
                 body,
                 _in_flight: in_flight,
+                connection,
             },
         ))
     }
@@ -172,38 +176,62 @@ fn client_authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
 }
 
 /// Rewrites the client request for the upstream hop. HTTP/1.1 upstreams get
-/// the endpoint in the URI (where the pool connects) and the client's
+/// an origin-form URI (the pool connects to the endpoint) and the client's
 /// authority in Host; h2c upstreams get the client's authority in the URI
 /// (`:authority`) and no Host.
 fn upstream_request(
     request: Request<Incoming>,
     client: SocketAddr,
     protocol: UpstreamProtocol,
-    endpoint: &uri::Authority,
 ) -> Result<Request<Incoming>, ProxyError> {
-    let authority = client_authority(&request)?;
-    let authority = uri::Authority::try_from(authority).map_err(|_| ProxyError::BadRequest)?;
+    let uri_authority = request.uri().authority().cloned();
     let (mut parts, body) = request.into_parts();
+    // Checked as an authority whichever header carries it, so that what an
+    // upstream receives always parses as one.
+    let authority = match uri_authority {
+        Some(authority) => authority,
+        None => host_authority(&parts.headers)?,
+    };
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::add_forwarding(&mut parts.headers, client.ip().to_canonical(), rand::random);
-    let path = parts.uri.path_and_query().cloned();
-    let mut uri_parts = uri::Parts::default();
-    uri_parts.scheme = Some(uri::Scheme::HTTP);
-    uri_parts.path_and_query = Some(path.unwrap_or_else(|| uri::PathAndQuery::from_static("/")));
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
     match protocol {
         UpstreamProtocol::Http1 => {
-            let host =
-                HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadRequest)?;
-            parts.headers.insert(header::HOST, host);
-            uri_parts.authority = Some(endpoint.clone());
+            // A Host header the client sent already holds the authority.
+            if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
+                let host = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
+                    authority.as_str().as_bytes(),
+                ))
+                .map_err(|_| ProxyError::BadRequest)?;
+                parts.headers.insert(header::HOST, host);
+            }
             parts.version = Version::HTTP_11;
+            parts.uri = Uri::from(path);
         }
         UpstreamProtocol::H2c => {
             parts.headers.remove(header::HOST);
+            let mut uri_parts = uri::Parts::default();
+            uri_parts.scheme = Some(uri::Scheme::HTTP);
             uri_parts.authority = Some(authority);
+            uri_parts.path_and_query = Some(path);
             parts.version = Version::HTTP_2;
+            parts.uri = Uri::from_parts(uri_parts).map_err(|_| ProxyError::BadRequest)?;
         }
     }
-    parts.uri = Uri::from_parts(uri_parts).map_err(|_| ProxyError::BadRequest)?;
     Ok(Request::from_parts(parts, body))
+}
+
+/// The one Host header as an authority.
+fn host_authority(headers: &http::HeaderMap) -> Result<uri::Authority, ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => {
+            uri::Authority::try_from(host.as_bytes()).map_err(|_| ProxyError::BadRequest)
+        }
+        _ => Err(ProxyError::BadRequest),
+    }
 }

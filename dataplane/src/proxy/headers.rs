@@ -7,6 +7,7 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
+use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -25,6 +26,12 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes the connection-specific fields of one hop. TE survives only as
 /// "trailers", which HTTP/2 allows and gRPC needs.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names is cheaper
+    // than a lookup for each.
+    let connection_specific = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::TE;
+    if !headers.keys().any(connection_specific) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -51,31 +58,70 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client address to X-Forwarded-For (joining earlier values
 /// into one list), sets X-Forwarded-Proto and keeps or makes X-Request-Id.
+/// Both new values share one allocation.
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, request_id: impl FnOnce() -> u128) {
-    let mut forwarded = String::new();
+    let earlier: usize = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.len() + 2)
+        .sum();
+    let needs_id = !headers.contains_key(&X_REQUEST_ID);
+    let mut buffer = BytesMut::with_capacity(earlier + MAX_IP_LEN + if needs_id { 32 } else { 0 });
     for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(value) = value.to_str() {
-            forwarded.push_str(value);
-            forwarded.push_str(", ");
+        if value.to_str().is_ok() {
+            buffer.extend_from_slice(value.as_bytes());
+            buffer.extend_from_slice(b", ");
         }
     }
-    let _ = write!(forwarded, "{client}");
-    if let Ok(value) = HeaderValue::try_from(forwarded) {
+    write_ip(&mut buffer, client);
+    if let Ok(value) = HeaderValue::from_maybe_shared(buffer.split().freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id_value(request_id()));
+    if needs_id {
+        write_hex(&mut buffer, request_id());
+        let value = HeaderValue::from_maybe_shared(buffer.freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("0"));
+        headers.insert(X_REQUEST_ID.clone(), value);
     }
 }
 
-fn request_id_value(id: u128) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 32];
-    for (i, byte) in text.iter_mut().enumerate() {
-        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+/// "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
+const MAX_IP_LEN: usize = 45;
+
+fn write_ip(buffer: &mut BytesMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buffer.put_u8(b'.');
+                }
+                write_decimal(buffer, octet);
+            }
+        }
+        // Rare enough behind a gateway to take the formatter; it writes into
+        // the buffer's reserved space, so it does not allocate.
+        IpAddr::V6(v6) => {
+            let _ = write!(buffer, "{v6}");
+        }
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn write_decimal(buffer: &mut BytesMut, n: u8) {
+    if n >= 100 {
+        buffer.put_u8(b'0' + n / 100);
+    }
+    if n >= 10 {
+        buffer.put_u8(b'0' + n / 10 % 10);
+    }
+    buffer.put_u8(b'0' + n % 10);
+}
+
+fn write_hex(buffer: &mut BytesMut, id: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in 0..32 {
+        buffer.put_u8(HEX[((id >> (124 - 4 * i)) & 0xf) as usize]);
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +172,23 @@ mod tests {
         let mut h = map(&[("x-request-id", "abc")]);
         add_forwarding(&mut h, [10, 0, 0, 1].into(), || panic!("not needed"));
         assert_eq!(h["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn forwarding_writes_every_address_form() {
+        for (ip, text) in [
+            (IpAddr::from([0, 9, 10, 255]), "0.9.10.255"),
+            (IpAddr::from([100, 199, 200, 1]), "100.199.200.1"),
+            ("2001:db8::1".parse().unwrap(), "2001:db8::1"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            add_forwarding(&mut h, ip, || u128::MAX);
+            assert_eq!(h["x-forwarded-for"], text);
+            assert_eq!(h["x-request-id"], "ffffffffffffffffffffffffffffffff");
+        }
     }
 }

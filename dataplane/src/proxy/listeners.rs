@@ -6,18 +6,22 @@
 //! removed port stops accepting at once and its connections close after
 //! their in-flight requests finish.
 
-use std::{
-    collections::HashMap, convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration,
-};
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{
+    server::conn::{http1, http2},
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::oneshot,
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{oneshot, watch},
     task::JoinHandle,
 };
 
@@ -115,6 +119,13 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// How each connection is served; one per port, shared by its connections.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     port: PortKey,
@@ -122,7 +133,14 @@ async fn accept_loop(
     mut stop: oneshot::Receiver<()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // Connections still waiting for their first bytes are not watched by
+    // `graceful` yet; this tells them to close.
+    let (closing, closed) = watch::channel(false);
+    let builders = Arc::new(Builders {
+        http1: http1::Builder::new(),
+        http2: http2::Builder::new(TokioExecutor::new()),
+        auto: auto::Builder::new(TokioExecutor::new()),
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -141,21 +159,70 @@ async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%port, %error, "TCP_NODELAY not set");
         }
-        let dataplane = dataplane.clone();
-        let service = service_fn(move |request| {
-            let dataplane = dataplane.clone();
-            async move { Ok::<_, Infallible>(dataplane.handle(port, client, request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%port, %client, %error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serve(
+            stream,
+            port,
+            client,
+            dataplane.clone(),
+            builders.clone(),
+            graceful.watcher(),
+            closed.clone(),
+        ));
     }
     drop(listener);
+    let _ = closing.send(true);
     graceful.shutdown().await;
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4), which prior
+/// knowledge h2c clients send first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one connection as HTTP/1.1 or, when it opens with the HTTP/2
+/// preface, as h2c. Peeking decides without consuming, so the chosen
+/// protocol reads the socket directly instead of through a replay buffer.
+async fn serve(
+    stream: TcpStream,
+    port: PortKey,
+    client: SocketAddr,
+    dataplane: Arc<Dataplane>,
+    builders: Arc<Builders>,
+    watcher: Watcher,
+    mut closing: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| dataplane.clone().handle(port, client, request));
+    let mut head = [0u8; H2_PREFACE.len()];
+    let peeked = tokio::select! {
+        peeked = stream.peek(&mut head) => match peeked {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::debug!(%port, %client, %error, "connection ended before a request");
+                return;
+            }
+        },
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    let io = TokioIo::new(stream);
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+        if peeked == H2_PREFACE.len() && head == *H2_PREFACE {
+            watcher
+                .watch(builders.http2.serve_connection(io, service))
+                .await
+                .map_err(Into::into)
+        } else if peeked > 0 && H2_PREFACE.starts_with(&head[..peeked]) {
+            // Only part of what may be the preface has arrived; a peek would see
+            // the same bytes again at once, so let the detecting builder read
+            // the rest.
+            watcher
+                .watch(builders.auto.serve_connection(io, service))
+                .await
+        } else {
+            watcher
+                .watch(builders.http1.serve_connection(io, service))
+                .await
+                .map_err(Into::into)
+        };
+    if let Err(error) = result {
+        tracing::debug!(%port, %client, %error, "connection ended with an error");
+    }
 }

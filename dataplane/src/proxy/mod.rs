@@ -101,7 +101,13 @@ impl Dataplane {
         let table = Table::build_with(Arc::new(snapshot), Some(&current), &self.stats)?;
         let bound = listeners.bind_missing(table.port_keys()).await?;
         let kept = table.port_keys().to_vec();
+        let endpoints = table
+            .clusters()
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+            .collect();
         self.table.store(Arc::new(table));
+        self.upstream.retain(&endpoints);
         listeners.start(bound, self);
         listeners.stop_removed(&kept);
         self.ready.store(true, Ordering::Release);

@@ -1,17 +1,39 @@
-//! Pooled upstream connections. HTTP/1.1 goes through hyper-util's pooled
-//! client (keep-alive, keyed by endpoint address). h2c keeps one multiplexed
-//! HTTP/2 connection per endpoint, so the request can carry the client's
-//! `:authority` while the socket goes to the endpoint (RFC 9113 §8.3.1).
+//! Pooled upstream connections, per endpoint address.
+//!
+//! HTTP/1.1: a bounded lock-free queue of idle keep-alive connections per
+//! endpoint. A request takes one (or connects), and the response body hands
+//! it back once the upstream's response has been read to its end (see
+//! [`Checkin`]); a connection whose response was not read to its end is
+//! dropped, as its byte stream is no longer at a message boundary.
+//!
+//! h2c: one multiplexed HTTP/2 connection per endpoint, so the request can
+//! carry the client's `:authority` while the socket goes to the endpoint
+//! (RFC 9113 §8.3.1).
+//!
+//! The per-endpoint state is keyed by address and outlives table swaps; an
+//! apply drops the state of addresses no table endpoint has any more.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper::{Request, Response, body::Incoming, client::conn::http2};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+use crossbeam_queue::ArrayQueue;
+use hyper::{
+    Request, Response,
+    body::Incoming,
+    client::conn::{http1, http2},
 };
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when their
+/// response ends. Above the connection counts a proxy in front of one
+/// upstream sees in practice, without letting a burst pin sockets forever.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -21,9 +43,84 @@ pub enum UpstreamError {
     Request(String),
 }
 
+/// Socket addresses are already well spread in their low bits (port, last
+/// address byte); SipHash's DoS resistance buys nothing for keys that come
+/// from the table rather than from clients, and costs on every request.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type AddrMap<V> = HashMap<SocketAddr, Arc<V>, BuildHasherDefault<AddrHasher>>;
+
+#[derive(Default)]
 pub struct Upstream {
-    http1: Client<HttpConnector, Incoming>,
-    h2: ArcSwap<HashMap<SocketAddr, Arc<H2Slot>>>,
+    http1: ArcSwap<AddrMap<Http1Pool>>,
+    h2: ArcSwap<AddrMap<H2Slot>>,
+}
+
+pub struct Http1Pool {
+    idle: ArrayQueue<http1::SendRequest<Incoming>>,
+}
+
+impl Default for Http1Pool {
+    fn default() -> Self {
+        Self {
+            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request, to be given back to its pool
+/// once the response has been read to its end.
+pub struct Checkin {
+    pool: Arc<Http1Pool>,
+    sender: http1::SendRequest<Incoming>,
+}
+
+impl Checkin {
+    /// Returns the connection to its pool; a full pool closes it instead.
+    pub fn release(self) {
+        if !self.sender.is_closed() {
+            let _ = self.pool.idle.push(self.sender);
+        }
+    }
+}
+
+impl std::fmt::Debug for Checkin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checkin")
+    }
 }
 
 #[derive(Default)]
@@ -44,34 +141,36 @@ impl H2Slot {
     }
 }
 
-impl Default for Upstream {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http1 = Client::builder(TokioExecutor::new()).build(connector);
-        Self {
-            http1,
-            h2: ArcSwap::default(),
-        }
-    }
-}
-
 impl Upstream {
-    /// Sends an HTTP/1.1 request whose URI names the endpoint `address`.
+    /// Sends an HTTP/1.1 request (origin-form URI, Host set) to `address`.
+    /// The response comes with the connection to give back when its body
+    /// has been read.
     pub async fn send_http1(
         &self,
         address: SocketAddr,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        self.http1.request(request).await.map_err(|e| {
-            let detail =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            if e.is_connect() {
-                UpstreamError::Connect(address, detail)
-            } else {
-                UpstreamError::Request(detail)
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+        let pool = slot(&self.http1, address);
+        loop {
+            let (mut sender, reused) = match checkout(&pool).await {
+                Some(sender) => (sender, true),
+                // Boxed: the connect and handshake state would otherwise
+                // widen every request's future, which is moved on each poll
+                // setup, for a path taken once per connection.
+                None => (Box::pin(connect_http1(address)).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Checkin { pool, sender })),
+                Err(mut error) => match error.take_message() {
+                    // The pooled connection closed before the request was
+                    // written (the upstream's keep-alive timeout, say):
+                    // nothing reached the upstream, so another connection
+                    // may carry it.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Request(error_detail(error.error()))),
+                },
             }
-        })
+        }
     }
 
     /// Sends an HTTP/2 request to `address` over its shared connection.
@@ -91,45 +190,231 @@ impl Upstream {
             .map_err(|e| UpstreamError::Request(e.to_string()))
     }
 
+    /// Forgets the connections of endpoints no longer in `kept`. In-flight
+    /// requests keep theirs until they end.
+    pub fn retain(&self, kept: &HashSet<SocketAddr>) {
+        fn prune<V>(map: &ArcSwap<AddrMap<V>>, kept: &HashSet<SocketAddr>) {
+            if map.load().keys().all(|a| kept.contains(a)) {
+                return;
+            }
+            map.rcu(|slots| {
+                let mut slots = AddrMap::clone(slots);
+                slots.retain(|a, _| kept.contains(a));
+                slots
+            });
+        }
+        prune(&self.http1, kept);
+        prune(&self.h2, kept);
+    }
+
     async fn h2_sender(
         &self,
         address: SocketAddr,
     ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
-        let slot = self.slot(address);
-        if let Some(sender) = slot.live() {
-            return Ok(sender);
+        let slot = slot(&self.h2, address);
+        match slot.live() {
+            Some(sender) => Ok(sender),
+            // Boxed for the reason given in `send_http1`.
+            None => Box::pin(h2_connect(address, &slot)).await,
         }
-        let _connecting = slot.connecting.lock().await;
-        if let Some(sender) = slot.live() {
-            return Ok(sender);
+    }
+}
+
+/// Connects the h2c connection of `slot`, unless another request just did.
+async fn h2_connect(
+    address: SocketAddr,
+    slot: &H2Slot,
+) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    let _connecting = slot.connecting.lock().await;
+    if let Some(sender) = slot.live() {
+        return Ok(sender);
+    }
+    let stream = connect_tcp(address).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%address, %error, "h2c upstream connection ended");
         }
-        let connect_error =
-            |e: &dyn std::fmt::Display| UpstreamError::Connect(address, e.to_string());
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| connect_error(&e))?;
-        stream.set_nodelay(true).map_err(|e| connect_error(&e))?;
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_error(&e))?;
+    });
+    slot.sender.store(Some(Arc::new(sender.clone())));
+    Ok(sender)
+}
+
+/// An idle connection ready for a request, skipping closed ones.
+async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<Incoming>> {
+    while let Some(mut sender) = pool.idle.pop() {
+        if sender.is_closed() {
+            continue;
+        }
+        // Usually ready at once; right after a response ended, the
+        // connection task may not have marked it idle yet.
+        if sender.ready().await.is_ok() {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+async fn connect_http1(address: SocketAddr) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    let stream = connect_tcp(address).await?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%address, %error, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_tcp(address: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    let connect_error = |e: std::io::Error| UpstreamError::Connect(address, e.to_string());
+    let stream = TcpStream::connect(address).await.map_err(connect_error)?;
+    stream.set_nodelay(true).map_err(connect_error)?;
+    Ok(stream)
+}
+
+/// The state for `address`, created on first use.
+fn slot<V: Default>(map: &ArcSwap<AddrMap<V>>, address: SocketAddr) -> Arc<V> {
+    if let Some(slot) = map.load().get(&address) {
+        return slot.clone();
+    }
+    map.rcu(|slots| {
+        let mut slots = AddrMap::clone(slots);
+        slots.entry(address).or_default();
+        slots
+    });
+    map.load().get(&address).cloned().unwrap_or_default()
+}
+
+/// The innermost cause, which names what went wrong ("connection reset")
+/// rather than hyper's summary of it.
+fn error_detail(error: &hyper::Error) -> String {
+    std::error::Error::source(error).map_or_else(|| error.to_string(), |s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::Dataplane;
+
+    /// A raw HTTP/1.1 upstream answering each request with `reply`, counting
+    /// the connections it accepted.
+    async fn upstream(reply: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%address, %error, "h2c upstream connection ended");
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n @ 1..) = stream.read(&mut buffer).await else {
+                            return;
+                        };
+                        seen.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
             }
         });
-        slot.sender.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        (address, accepted)
     }
 
-    fn slot(&self, address: SocketAddr) -> Arc<H2Slot> {
-        if let Some(slot) = self.h2.load().get(&address) {
-            return slot.clone();
+    /// Serves one route to `backend`; returns the proxy's address.
+    async fn proxy_to(backend: std::net::SocketAddr) -> (Arc<Dataplane>, std::net::SocketAddr) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let json = format!(
+            r#"{{"group":"default","ports":[{{"address":"127.0.0.1","port":8080,"bindPort":{port},
+            "protocol":"PROTOCOL_HTTP","listeners":[{{"origin":{{"kind":"Gateway","namespace":"d",
+            "name":"g","section":"http"}},"hostname":"","hosts":[{{"hostname":"","matches":[{{"path":
+            {{"type":"PATH_MATCH_PATH_PREFIX","value":"/"}},"rule":0}}]}}]}}]}}],"rules":[{{"origin":
+            {{"kind":"HTTPRoute","namespace":"d","name":"r","section":"0"}},"backends":[{{"weight":1,
+            "cluster":0}}]}}],"clusters":[{{"name":"d/b:80","endpoints":[{{"address":"127.0.0.1",
+            "port":{}}}]}}]}}"#,
+            backend.port()
+        );
+        let dataplane = Dataplane::new();
+        let snapshot = gatehouse_snapshot::decode_any(json.as_bytes()).unwrap();
+        dataplane.apply(snapshot).await.unwrap();
+        (dataplane, ([127, 0, 0, 1], port).into())
+    }
+
+    /// Sends `count` requests one after the other over one client
+    /// connection; returns their bodies.
+    async fn get_sequentially(proxy: std::net::SocketAddr, count: usize) -> Vec<String> {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let mut bodies = Vec::new();
+        for _ in 0..count {
+            sender.ready().await.unwrap();
+            let request = Request::get("/")
+                .header("host", "example.com")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            bodies.push(String::from_utf8(body.to_vec()).unwrap());
         }
-        self.h2.rcu(|slots| {
-            let mut slots = HashMap::clone(slots);
-            slots.entry(address).or_default();
-            slots
-        });
-        self.h2.load().get(&address).cloned().unwrap_or_default()
+        bodies
+    }
+
+    #[tokio::test]
+    async fn a_finished_response_returns_its_connection_for_reuse() {
+        let (backend, accepted) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        assert_eq!(get_sequentially(proxy, 5).await, ["ok"; 5]);
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (backend, accepted) =
+            upstream(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok").await;
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        assert_eq!(get_sequentially(proxy, 3).await, ["ok"; 3]);
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_a_connection_that_sent_nothing_yet() {
+        let (backend, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let (dataplane, proxy) = proxy_to(backend).await;
+        let mut silent = TcpStream::connect(proxy).await.unwrap();
+        // A served request proves the accept loop has taken connections
+        // accepted before it (the kernel queues them in order).
+        assert_eq!(get_sequentially(proxy, 1).await, ["ok"]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), dataplane.shutdown())
+            .await
+            .expect("shutdown waited for a connection that never sent a request");
+        let mut byte = [0u8; 1];
+        assert_eq!(silent.read(&mut byte).await.unwrap(), 0);
     }
 }
