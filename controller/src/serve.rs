@@ -36,6 +36,10 @@ pub struct NodeState {
     pub applied_version: String,
     /// Last rejection: version and the data plane's reason.
     pub last_nack: Option<(String, String)>,
+    /// Which stream this state belongs to: a reconnect under the same node
+    /// id starts a new session, and the old stream's late end must not mark
+    /// the new one disconnected.
+    pub session: u64,
 }
 
 /// Latest snapshot per group and the state of every data plane.
@@ -47,6 +51,7 @@ pub struct SnapshotHub {
     groups: Mutex<HashMap<String, GroupChannel>>,
     nodes: Mutex<BTreeMap<String, NodeState>>,
     changes: watch::Sender<u64>,
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 impl SnapshotHub {
@@ -114,14 +119,23 @@ impl SnapshotHub {
             .subscribe()
     }
 
-    fn update_node(&self, node_id: &str, update: impl FnOnce(&mut NodeState)) {
-        if let Some(node) = self.nodes.lock().expect("hub lock").get_mut(node_id) {
+    /// Applies `update` to the node's state if `session` is still its
+    /// current one.
+    fn update_node(&self, node_id: &str, session: u64, update: impl FnOnce(&mut NodeState)) {
+        let mut nodes = self.nodes.lock().expect("hub lock");
+        if let Some(node) = nodes.get_mut(node_id).filter(|n| n.session == session) {
             update(node);
         }
+        drop(nodes);
         self.changes.send_modify(|n| *n += 1);
     }
 
-    fn register_node(&self, node_id: &str, group: &str, applied_version: &str) {
+    /// Records a new stream for `node_id`; returns its session.
+    fn register_node(&self, node_id: &str, group: &str, applied_version: &str) -> u64 {
+        let session = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         self.nodes.lock().expect("hub lock").insert(
             node_id.to_owned(),
             NodeState {
@@ -130,9 +144,11 @@ impl SnapshotHub {
                 connected: true,
                 applied_version: applied_version.to_owned(),
                 last_nack: None,
+                session,
             },
         );
         self.changes.send_modify(|n| *n += 1);
+        session
     }
 }
 
@@ -184,7 +200,8 @@ impl SnapshotService for SnapshotServer {
                 "Hello needs a cluster group and a node id",
             ));
         }
-        self.hub
+        let session = self
+            .hub
             .register_node(&hello.node_id, &hello.group, &hello.applied_version);
         let snapshots = self.hub.group_receiver(&hello.group);
         let (tx, rx) = mpsc::channel(4);
@@ -192,7 +209,7 @@ impl SnapshotService for SnapshotServer {
         tokio::spawn(
             stream_to_node(
                 self.hub.clone(),
-                hello.node_id,
+                (hello.node_id, session),
                 hello.applied_version,
                 snapshots,
                 inbound,
@@ -208,7 +225,7 @@ impl SnapshotService for SnapshotServer {
 /// until either side goes away.
 async fn stream_to_node(
     hub: Arc<SnapshotHub>,
-    node_id: String,
+    (node_id, session): (String, u64),
     mut sent_version: String,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     mut inbound: Streaming<DataPlaneMessage>,
@@ -236,11 +253,11 @@ async fn stream_to_node(
             message = inbound.next() => match message {
                 Some(Ok(DataPlaneMessage { message: Some(Message::Ack(ack)) })) => {
                     debug!(version = %ack.version, "snapshot applied");
-                    hub.update_node(&node_id, |node| node.applied_version = ack.version);
+                    hub.update_node(&node_id, session, |node| node.applied_version = ack.version);
                 }
                 Some(Ok(DataPlaneMessage { message: Some(Message::Nack(nack)) })) => {
                     warn!(version = %nack.version, reason = %nack.reason, "snapshot rejected");
-                    hub.update_node(&node_id, |node| {
+                    hub.update_node(&node_id, session, |node| {
                         node.last_nack = Some((nack.version, nack.reason));
                     });
                 }
@@ -249,7 +266,7 @@ async fn stream_to_node(
             },
         }
     }
-    hub.update_node(&node_id, |node| node.connected = false);
+    hub.update_node(&node_id, session, |node| node.connected = false);
     info!("data plane disconnected");
 }
 
@@ -281,6 +298,19 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         hub.publish(&BTreeMap::from([("a".to_string(), snapshot("a", 81))]));
         assert!(rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn the_end_of_an_old_session_does_not_disconnect_a_reconnected_node() {
+        let hub = SnapshotHub::new();
+        let old = hub.register_node("n1", "a", "");
+        let new = hub.register_node("n1", "a", "v1");
+        hub.update_node("n1", old, |node| node.connected = false);
+        let node = hub.node("n1").unwrap();
+        assert!(node.connected);
+        assert_eq!(node.applied_version, "v1");
+        hub.update_node("n1", new, |node| node.connected = false);
+        assert!(!hub.node("n1").unwrap().connected);
     }
 
     #[test]

@@ -46,9 +46,11 @@ enum SessionError {
 pub async fn run_client(dataplane: Arc<Dataplane>, config: ClientConfig) {
     let mut backoff = Backoff::default();
     loop {
-        let mut received = false;
-        let error = run_session(&dataplane, &config, &mut received).await;
-        if received {
+        let mut subscribed = false;
+        let error = run_session(&dataplane, &config, &mut subscribed).await;
+        // A session that got as far as the stream resets the backoff, even
+        // when it brought nothing new (same version after a reconnect).
+        if subscribed {
             backoff = Backoff::default();
         }
         let delay = backoff.next_delay(rand::random());
@@ -60,9 +62,9 @@ pub async fn run_client(dataplane: Arc<Dataplane>, config: ClientConfig) {
 async fn run_session(
     dataplane: &Arc<Dataplane>,
     config: &ClientConfig,
-    received: &mut bool,
+    subscribed: &mut bool,
 ) -> SessionError {
-    match follow(dataplane, config, received).await {
+    match follow(dataplane, config, subscribed).await {
         Ok(never) => match never {},
         Err(error) => error,
     }
@@ -71,7 +73,7 @@ async fn run_session(
 async fn follow(
     dataplane: &Arc<Dataplane>,
     config: &ClientConfig,
-    received: &mut bool,
+    subscribed: &mut bool,
 ) -> Result<std::convert::Infallible, SessionError> {
     let endpoint = tonic::transport::Endpoint::from_shared(config.controller.clone())
         .map_err(|e| SessionError::Url(e.to_string()))?;
@@ -88,8 +90,8 @@ async fn follow(
         .await?
         .into_inner();
     tracing::info!(controller = %config.controller, group = %config.group, "subscribed");
+    *subscribed = true;
     while let Some(snapshot) = snapshots.message().await? {
-        *received = true;
         let reply = apply_and_reply(dataplane, snapshot).await;
         send(&outbox, reply).await?;
     }

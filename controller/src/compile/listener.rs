@@ -72,9 +72,11 @@ pub fn selects(selector: &NamespaceSelector, labels: &BTreeMap<String, String>) 
 /// the standalone offset every listener port is bound at.
 pub fn listeners(spec: &[Listener], port_offset: u16) -> Vec<ListenerModel> {
     let mut out: Vec<ListenerModel> = spec.iter().map(listener).collect();
-    for l in &mut out {
+    for (l, given) in out.iter_mut().zip(spec) {
         let bound = u32::from(l.port) + u32::from(port_offset);
-        if bound > u32::from(u16::MAX) {
+        if l.port == 0 {
+            l.report.port_unavailable = Some(format!("port {} is outside 1..=65535", given.port));
+        } else if bound > u32::from(u16::MAX) {
             l.report.port_unavailable = Some(format!(
                 "port {} plus the port offset {port_offset} is {bound}, beyond 65535",
                 l.port

@@ -47,7 +47,14 @@ fn route_match(m: &K8sMatch, field: &dyn Fn() -> String) -> Result<RouteMatch, S
         None => prefix("/"),
         Some(p) => {
             let value = p.value.as_deref().unwrap_or("/");
-            match p.r#type.as_ref().unwrap_or(&K8sPath::PathPrefix) {
+            let kind = p.r#type.as_ref().unwrap_or(&K8sPath::PathPrefix);
+            if !matches!(kind, K8sPath::RegularExpression) && !value.starts_with('/') {
+                return Err(format!(
+                    "{}.path.value: {value:?} must start with \"/\"",
+                    field()
+                ));
+            }
+            match kind {
                 K8sPath::PathPrefix => prefix(&normalize_prefix(value)),
                 K8sPath::Exact => PathMatch {
                     r#type: PathMatchType::PathMatchExact as i32,
@@ -66,6 +73,13 @@ fn route_match(m: &K8sMatch, field: &dyn Fn() -> String) -> Result<RouteMatch, S
     let mut headers: Vec<HeaderMatch> = Vec::new();
     for (i, h) in m.headers.iter().flatten().enumerate() {
         let name = h.name.to_ascii_lowercase();
+        if !is_header_name(&name) {
+            return Err(format!(
+                "{}.headers[{i}].name: {:?} is not a valid header name",
+                field(),
+                h.name
+            ));
+        }
         if headers.iter().any(|seen| seen.name == name) {
             continue;
         }
@@ -106,6 +120,14 @@ fn route_match(m: &K8sMatch, field: &dyn Fn() -> String) -> Result<RouteMatch, S
         query_params,
         rule: 0,
     })
+}
+
+/// RFC 9110 §5.1: a field name is a token.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn value_type(regex: bool) -> ValueMatchType {
@@ -195,6 +217,19 @@ mod tests {
             .collect();
         assert_eq!(names, ["q", "Q"]);
         assert_eq!(out[0].method, "GET");
+    }
+
+    #[test]
+    fn paths_without_a_leading_slash_and_bad_header_names_are_rejected() {
+        let bad_path = parse("- path: {type: Exact, value: foo}\n");
+        let error = rule_matches(0, Some(&bad_path)).unwrap_err();
+        assert!(
+            error.contains("spec.rules[0].matches[0].path.value"),
+            "{error}"
+        );
+        let bad_header = parse("- headers: [{name: \"x y\", value: v}]\n");
+        let error = rule_matches(0, Some(&bad_header)).unwrap_err();
+        assert!(error.contains("headers[0].name"), "{error}");
     }
 
     #[test]

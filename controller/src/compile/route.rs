@@ -93,6 +93,23 @@ impl<'a> RouteModel<'a> {
                 },
             });
         }
+        for (i, hostname) in route.spec.hostnames.iter().flatten().enumerate() {
+            if !is_hostname(hostname) {
+                invalid.get_or_insert(format!(
+                    "spec.hostnames[{i}]: {hostname:?} is not a hostname or a *.wildcard"
+                ));
+            }
+        }
+        for (index, rule) in spec_rules.iter().enumerate() {
+            for (i, r) in rule.backend_refs.iter().flatten().enumerate() {
+                let weight = r.weight.unwrap_or(1);
+                if !(0..=MAX_WEIGHT).contains(&weight) {
+                    invalid.get_or_insert(format!(
+                        "spec.rules[{index}].backendRefs[{i}].weight: {weight} is outside 0..={MAX_WEIGHT}"
+                    ));
+                }
+            }
+        }
         let unsupported_rules = (!unsupported.is_empty()).then(|| {
             let every = unsupported.len() == rules.len();
             let message = format!(
@@ -117,6 +134,24 @@ impl<'a> RouteModel<'a> {
     pub fn generation(&self) -> i64 {
         self.route.metadata.generation.unwrap_or(0)
     }
+}
+
+/// The Gateway API's bound on a backendRef weight.
+const MAX_WEIGHT: i32 = 1_000_000;
+
+/// RFC 1123 labels, optionally behind one leading `*.` wildcard label.
+fn is_hostname(hostname: &str) -> bool {
+    let name = hostname.strip_prefix("*.").unwrap_or(hostname);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Backends of a rule, and the first failure among them. Weight defaults to 1.

@@ -177,27 +177,26 @@ impl Cycle {
         for snapshot in snapshots.values() {
             info!(group = %snapshot.group, version = %snapshot.version, "compiled");
         }
+        // The view first: once a data plane acknowledges the new version
+        // (and /readyz turns 200), /debug/status must already be current, and
+        // readiness must already wait for the data planes of new groups.
+        {
+            let mut view = self.view.write().expect("view lock");
+            view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
+            view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
+            view.expected_nodes = match supervisor {
+                Some(_) => groups
+                    .iter()
+                    .map(|g| (g.clone(), Supervisor::node_id(g)))
+                    .collect(),
+                None => connected_nodes(&self.hub, &groups),
+            };
+            view.compiled = true;
+        }
         self.hub.publish(&snapshots);
-
-        let expected_nodes = match supervisor {
-            Some(supervisor) => {
-                supervisor.ensure(&groups).await;
-                supervisor
-                    .groups()
-                    .into_iter()
-                    .map(|g| {
-                        let node = Supervisor::node_id(&g);
-                        (g, node)
-                    })
-                    .collect()
-            }
-            None => connected_nodes(&self.hub, &groups),
-        };
-        let mut view = self.view.write().expect("view lock");
-        view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
-        view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
-        view.expected_nodes = expected_nodes;
-        view.compiled = true;
+        if let Some(supervisor) = supervisor {
+            supervisor.ensure(&groups).await;
+        }
     }
 }
 

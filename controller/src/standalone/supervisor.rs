@@ -42,10 +42,6 @@ impl Supervisor {
         format!("standalone-{group}")
     }
 
-    pub fn groups(&self) -> BTreeSet<String> {
-        self.children.keys().cloned().collect()
-    }
-
     /// Runs exactly one data plane for each of `groups`.
     pub async fn ensure(&mut self, groups: &BTreeSet<String>) {
         let gone: Vec<String> = self
@@ -166,10 +162,16 @@ async fn terminate(child: &mut tokio::process::Child) {
 fn set_parent_death_signal(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the child's own
     // process attributes between fork and exec.
+    let controller = std::process::id();
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The controller may have died between fork and prctl, when no
+            // signal would come any more: then do not start at all.
+            if libc::getppid() as u32 != controller {
+                return Err(std::io::Error::other("the controller exited"));
             }
             Ok(())
         });

@@ -13,6 +13,7 @@
 //! The per-endpoint state is keyed by address and outlives table swaps; an
 //! apply drops the state of addresses no table endpoint has any more.
 
+use futures::FutureExt;
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
@@ -242,6 +243,10 @@ async fn h2_connect(
     Ok(sender)
 }
 
+/// Longest wait for a pooled connection to become ready for the next
+/// request before it is given up.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// An idle connection ready for a request, skipping closed ones.
 async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<Incoming>> {
     while let Some(mut sender) = pool.idle.pop() {
@@ -249,8 +254,16 @@ async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<Incoming>> {
             continue;
         }
         // Usually ready at once; right after a response ended, the
-        // connection task may not have marked it idle yet.
-        if sender.ready().await.is_ok() {
+        // connection task may not have marked it idle yet. A connection can
+        // also come back while hyper still streams the previous client's
+        // request body (the upstream answered early): never queue behind
+        // that, give up on the connection after a short wait.
+        match sender.ready().now_or_never() {
+            Some(Ok(())) => return Some(sender),
+            Some(Err(_)) => continue,
+            None => {}
+        }
+        if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
             return Some(sender);
         }
     }
