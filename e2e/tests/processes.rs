@@ -135,3 +135,57 @@ async fn gateway_listens_on_its_spec_addresses() {
         .unwrap();
     assert_eq!(status["status"]["addresses"][0]["value"], own.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_port_serve_the_routes_of_both() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let second = manifests::gateway()
+        .split("---")
+        .nth(1)
+        .expect("the Gateway document")
+        .replace("name: gw\n", "name: gw2\n");
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ra, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [a.test]
+  rules: [{backendRefs: [{name: svc-a, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rb, namespace: default}
+spec:
+  parentRefs: [{name: gw2}]
+  hostnames: [b.test]
+  rules: [{backendRefs: [{name: svc-b, port: 80}]}]
+"#;
+    let gateway = Standalone::start(&[
+        ("gateway.yaml", manifests::gateway()),
+        ("gateway2.yaml", second),
+        (
+            "a.yaml",
+            manifests::service("default", "svc-a", &[a.port()]),
+        ),
+        (
+            "b.yaml",
+            manifests::service("default", "svc-b", &[b.port()]),
+        ),
+        ("routes.yaml", routes.to_string()),
+    ])
+    .await;
+    let client = HttpClient::new();
+    let url = gateway.url(80, "/");
+    let on_a = client.get(&url, Some("a.test")).await.unwrap();
+    assert_eq!(on_a.backend(), Some("a"), "status {}", on_a.status);
+    let on_b = client.get(&url, Some("b.test")).await.unwrap();
+    assert_eq!(on_b.backend(), Some("b"), "status {}", on_b.status);
+    for name in ["default/gw", "default/gw2"] {
+        let status = gateway.status_of("Gateway", name).await.unwrap();
+        assert_eq!(
+            status["status"]["listeners"][0]["attachedRoutes"], 1,
+            "{name}: {status}"
+        );
+    }
+}

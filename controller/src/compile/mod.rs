@@ -18,6 +18,7 @@ mod matches;
 mod ports;
 mod precedence;
 mod route;
+mod sharing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,11 +77,17 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
         .filter_map(|c| c.metadata.name.as_deref())
         .collect();
-    let gateways: Vec<gateway::GatewayModel<'_>> = store
+    let mut gateways: Vec<gateway::GatewayModel<'_>> = store
         .gateways()
         .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
         .map(|g| gateway::GatewayModel::new(g, options))
         .collect();
+    let gateway_ranks = ranks(
+        gateways
+            .iter()
+            .map(|g| (g.created, g.namespace.as_str(), g.name.as_str())),
+    );
+    sharing::mark_shared_port_conflicts(&mut gateways, &gateway_ranks, options.port_offset);
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = store
         .namespaces()
         .map(|n| {
@@ -102,11 +109,6 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .map(|(i, r)| parents.attach(i, r, &mut attachments))
         .collect();
 
-    let gateway_ranks = ranks(
-        gateways
-            .iter()
-            .map(|g| (g.created, g.namespace.as_str(), g.name.as_str())),
-    );
     let route_ranks = ranks(
         routes
             .iter()

@@ -73,20 +73,35 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                 );
                 let (_, listeners) = ports.entry(key).or_insert((u32::from(l.port), Vec::new()));
                 let spec_key = specificity(&hostname);
-                listeners.push(ListenerBuild {
-                    sort: (
-                        (spec_key.0, spec_key.1, hostname.clone()),
-                        input.gateway_ranks[gi],
-                        l.name.clone(),
-                    ),
-                    origin: origin("Gateway", &g.namespace, &g.name, &l.name),
-                    hostname: hostname.clone(),
-                    hosts: BTreeMap::new(),
-                });
-                slots
-                    .entry((gi, li))
-                    .or_default()
-                    .push((key, listeners.len() - 1));
+                let sort = (
+                    (spec_key.0, spec_key.1, hostname.clone()),
+                    input.gateway_ranks[gi],
+                    l.name.clone(),
+                );
+                let listener_origin = origin("Gateway", &g.namespace, &g.name, &l.name);
+                // Listeners of different Gateways with the same hostname on
+                // one socket serve the union of their routes (a Gateway's own
+                // duplicates are HostnameConflict and never get here); the
+                // oldest Gateway's listener names the merged one.
+                let index = match listeners.iter().position(|b| b.hostname == hostname) {
+                    Some(existing) => {
+                        if sort < listeners[existing].sort {
+                            listeners[existing].sort = sort;
+                            listeners[existing].origin = listener_origin;
+                        }
+                        existing
+                    }
+                    None => {
+                        listeners.push(ListenerBuild {
+                            sort,
+                            origin: listener_origin,
+                            hostname: hostname.clone(),
+                            hosts: BTreeMap::new(),
+                        });
+                        listeners.len() - 1
+                    }
+                };
+                slots.entry((gi, li)).or_default().push((key, index));
             }
         }
     }

@@ -1,0 +1,81 @@
+//! Listeners of different Gateways on one port (Gateway API `GatewaySpec`:
+//! "Implementations MAY merge separate Gateways onto a single set of
+//! Addresses if all Listeners across all Gateways are compatible").
+//!
+//! Input: every Gateway of ours with its validated listeners and its rank
+//! (oldest first). Output: the same listeners, where a listener whose port
+//! is already bound by an older Gateway on an overlapping address that is not
+//! the same socket (0.0.0.0 beside 127.0.0.2, or the same address in another
+//! cluster group, whose data plane is another process) is marked
+//! `PortUnavailable`: its bind would fail and make the whole snapshot
+//! unusable. Listeners on the very same socket are compatible: they merge
+//! (see `ports`), the same hostname serving the union of their routes.
+//!
+//! The older Gateway keeps the port, so adding a Gateway never breaks a
+//! working one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::compile::gateway::GatewayModel;
+
+/// A listener already given a socket.
+struct Holder {
+    address: IpAddr,
+    group: String,
+    gateway: String,
+}
+
+/// Marks listeners that cannot share a socket with older Gateways'.
+pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[usize], offset: u16) {
+    let mut order: Vec<usize> = (0..gateways.len()).collect();
+    order.sort_by_key(|&g| ranks[g]);
+    let mut bound: HashMap<u32, Vec<Holder>> = HashMap::new();
+    for gi in order {
+        let g = &mut gateways[gi];
+        let Ok(addresses) = g.addresses.clone() else {
+            continue;
+        };
+        let gateway = format!("{}/{}", g.namespace, g.name);
+        for l in &mut g.listeners {
+            if !l.report.is_usable() {
+                continue;
+            }
+            let port = u32::from(l.port) + u32::from(offset);
+            let holders = bound.entry(port).or_default();
+            let clash = addresses.iter().find_map(|address| {
+                holders
+                    .iter()
+                    .filter(|h| h.gateway != gateway && overlaps(h.address, *address))
+                    .find(|h| h.address != *address || h.group != g.group)
+                    .map(|h| (*address, h))
+            });
+            match clash {
+                Some((address, h)) => {
+                    let other_group = match h.group == g.group {
+                        true => String::new(),
+                        false => format!(" in cluster group {:?}", h.group),
+                    };
+                    l.report.port_unavailable = Some(format!(
+                        "port {} on {address} cannot be bound: Gateway {} already listens on {}:{}{other_group}",
+                        l.port, h.gateway, h.address, l.port
+                    ));
+                }
+                None => holders.extend(addresses.iter().map(|address| Holder {
+                    address: *address,
+                    group: g.group.clone(),
+                    gateway: gateway.clone(),
+                })),
+            }
+        }
+    }
+}
+
+/// Whether binding both addresses on one port would clash: the same
+/// address, 0.0.0.0 beside another IPv4 address, or `::` beside anything
+/// (an IPv6 wildcard socket is dual-stack by default on Linux).
+fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+    let covers =
+        |wide: IpAddr, other: IpAddr| wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
+}
