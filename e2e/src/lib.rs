@@ -504,6 +504,24 @@ spec:
         .to_string()
     }
 
+    /// An HTTPRoute `name` in `default` on Gateway `parent`, for
+    /// `hostnames`, with one rule sending everything to `backend_refs`
+    /// (a YAML flow list).
+    pub fn route(name: &str, parent: &str, hostnames: &[&str], backend_refs: &str) -> String {
+        format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: {parent}}}]
+  hostnames: {hostnames:?}
+  rules:
+  - backendRefs: {backend_refs}
+"#
+        )
+    }
+
     /// A selector-less Service `name` in `namespace` on port 80 with an
     /// EndpointSlice pointing at the local ports given.
     pub fn service(namespace: &str, name: &str, ports: &[u16]) -> String {

@@ -19,17 +19,11 @@ use gatehouse_e2e::{
 };
 
 fn route(service: &str) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: live, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [live.test]
-  rules:
-  - backendRefs: [{{name: {service}, port: 80}}]
-"#
+    manifests::route(
+        "live",
+        "gw",
+        &["live.test"],
+        &format!("[{{name: {service}, port: 80}}]"),
     )
 }
 

@@ -8,16 +8,7 @@ use anyhow::{Context, ensure};
 use gatehouse_e2e::{Echo, HttpClient, Standalone, eventually, manifests, unique_loopback};
 
 fn route() -> String {
-    r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  rules:
-  - backendRefs: [{name: svc-a, port: 80}]
-"#
-    .to_string()
+    manifests::route("r", "gw", &[], "[{name: svc-a, port: 80}]")
 }
 
 /// Pids of the direct children of `pid`, from every thread of it.
@@ -144,23 +135,11 @@ async fn gateways_sharing_a_port_serve_the_routes_of_both() {
         .nth(1)
         .expect("the Gateway document")
         .replace("name: gw\n", "name: gw2\n");
-    let routes = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: ra, namespace: default}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [a.test]
-  rules: [{backendRefs: [{name: svc-a, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: rb, namespace: default}
-spec:
-  parentRefs: [{name: gw2}]
-  hostnames: [b.test]
-  rules: [{backendRefs: [{name: svc-b, port: 80}]}]
-"#;
+    let routes = [
+        manifests::route("ra", "gw", &["a.test"], "[{name: svc-a, port: 80}]"),
+        manifests::route("rb", "gw2", &["b.test"], "[{name: svc-b, port: 80}]"),
+    ]
+    .join("---\n");
     let gateway = Standalone::start(&[
         ("gateway.yaml", manifests::gateway()),
         ("gateway2.yaml", second),
@@ -172,7 +151,7 @@ spec:
             "b.yaml",
             manifests::service("default", "svc-b", &[b.port()]),
         ),
-        ("routes.yaml", routes.to_string()),
+        ("routes.yaml", routes),
     ])
     .await;
     let client = HttpClient::new();

@@ -6,18 +6,7 @@ use std::sync::Arc;
 use gatehouse_e2e::{Echo, HttpClient, Reply, Standalone, manifests, tally};
 
 fn weighted_route(backend_refs: &str) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: split, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [split.test]
-  rules:
-  - backendRefs: {backend_refs}
-"#
-    )
+    manifests::route("split", "gw", &["split.test"], backend_refs)
 }
 
 /// Sends `n` requests from 8 concurrent keep-alive clients.
