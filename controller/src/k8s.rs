@@ -15,7 +15,8 @@ pub use gateway_api::apis::standard::httproutes::{
     HttpRouteRulesBackendRefs as BackendRef, HttpRouteRulesMatches as RouteMatch,
     HttpRouteRulesMatchesHeadersType as HeaderMatchType, HttpRouteRulesMatchesMethod as Method,
     HttpRouteRulesMatchesPathType as PathMatchType,
-    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteSpec,
+    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType,
+    HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
 };
 pub use gateway_api::apis::standard::referencegrants::{ReferenceGrant, ReferenceGrantSpec};
 pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};

@@ -68,7 +68,9 @@ fn snapshot(routes: usize) -> pb::Snapshot {
             backends: vec![pb::Backend {
                 weight: 1,
                 target: Some(pb::backend::Target::Cluster(0)),
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .collect();
     pb::Snapshot {

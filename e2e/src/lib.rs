@@ -142,8 +142,14 @@ impl Echo {
     }
 
     pub fn start_on(name: &str, listen: SocketAddr) -> Self {
+        Self::start_with(name, listen, &[])
+    }
+
+    /// With extra `gatehouse-echo` arguments (`--record`, `--delay-ms N`).
+    pub fn start_with(name: &str, listen: SocketAddr, args: &[&str]) -> Self {
         let mut command = Command::new(bin("gatehouse-echo"));
         command.args(["--listen", &listen.to_string(), "--name", name]);
+        command.args(args);
         let (process, found) = Process::start(command, &["listening on"]).expect("echo backend");
         Self {
             addr: found[0].parse().expect("echo address"),
@@ -153,6 +159,16 @@ impl Echo {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The requests a `--record` echo has seen, oldest first.
+    pub async fn recorded(&self) -> Vec<Value> {
+        let url = format!("http://{}/__echo/recorded", self.addr);
+        let reply = HttpClient::new()
+            .get(&url, None)
+            .await
+            .expect("recorded requests");
+        serde_json::from_slice(&reply.body).expect("a JSON array")
     }
 }
 

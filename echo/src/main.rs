@@ -6,6 +6,12 @@
 //! description of the request as the backend saw it, so tests can assert what
 //! the gateway forwarded. Once the socket is bound it prints exactly one line,
 //! `listening on IP:PORT`, which callers use as the readiness signal.
+//!
+//! Test knobs, sent by the client as request headers: `x-echo-delay-ms: N`
+//! answers after N milliseconds; `x-echo-status: N` answers with status N.
+//! `--delay-ms` delays every answer; `--record` keeps the description of
+//! every request and serves them as a JSON array at `GET /__echo/recorded`,
+//! for backends (mirrors) whose answers nobody sees.
 
 use std::{collections::BTreeMap, convert::Infallible, io::Write, net::SocketAddr, sync::Arc};
 
@@ -32,11 +38,22 @@ struct Args {
     /// Fixed response body instead of the JSON echo (for benchmarks).
     #[arg(long)]
     body: Option<String>,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Record every request, served at `GET /__echo/recorded`.
+    #[arg(long)]
+    record: bool,
 }
+
+const RECORDED_PATH: &str = "/__echo/recorded";
 
 struct Echo {
     name: Arc<str>,
     fixed_body: Option<Bytes>,
+    delay: std::time::Duration,
+    /// `Some` with `--record`. A test backend: a lock is fine here.
+    recorded: Option<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 #[tokio::main]
@@ -48,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
     let echo = Arc::new(Echo {
         name: args.name.into(),
         fixed_body: args.body.map(Bytes::from),
+        delay: std::time::Duration::from_millis(args.delay_ms),
+        recorded: args.record.then(Default::default),
     });
     let local = listener.local_addr()?;
     {
@@ -80,7 +99,34 @@ async fn main() -> anyhow::Result<()> {
 
 impl Echo {
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let builder = Response::builder().header("x-echo-name", &*self.name);
+        if let Some(recorded) = &self.recorded
+            && req.uri().path() == RECORDED_PATH
+        {
+            let all = serde_json::Value::from(recorded.lock().expect("not poisoned").clone());
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(all.to_string())))
+                .expect("static response parts are valid");
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let knob = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(delay) = knob("x-echo-delay-ms") {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        let status = knob("x-echo-status")
+            .and_then(|s| u16::try_from(s).ok())
+            .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+            .unwrap_or(hyper::StatusCode::OK);
+        let builder = Response::builder()
+            .status(status)
+            .header("x-echo-name", &*self.name);
         if let Some(body) = &self.fixed_body {
             return builder
                 .header("content-type", "text/plain")
@@ -115,6 +161,12 @@ impl Echo {
             "body_len": body_len,
             "version": format!("{:?}", parts.version),
         });
+        if let Some(recorded) = &self.recorded {
+            recorded
+                .lock()
+                .expect("not poisoned")
+                .push(description.clone());
+        }
         builder
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(description.to_string())))

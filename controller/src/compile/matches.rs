@@ -34,6 +34,17 @@ pub fn rule_matches(
         .collect()
 }
 
+/// True when every match of a rule matches on a path prefix (no path counts
+/// as the prefix "/"), which `ReplacePrefixMatch` needs.
+pub fn prefix_matches_only(matches: Option<&[K8sMatch]>) -> bool {
+    matches.unwrap_or_default().iter().all(|m| {
+        m.path
+            .as_ref()
+            .and_then(|p| p.r#type.as_ref())
+            .is_none_or(|t| matches!(t, K8sPath::PathPrefix))
+    })
+}
+
 fn prefix(value: &str) -> PathMatch {
     PathMatch {
         r#type: PathMatchType::PathMatchPathPrefix as i32,

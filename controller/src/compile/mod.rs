@@ -11,6 +11,7 @@
 
 mod attach;
 mod backend;
+mod filters;
 mod gateway;
 mod hostname;
 mod listener;
@@ -19,6 +20,7 @@ mod ports;
 mod precedence;
 mod route;
 mod sharing;
+mod timeouts;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};

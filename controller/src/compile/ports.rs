@@ -178,8 +178,7 @@ fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Ve
     let names: BTreeSet<&str> = attached
         .iter()
         .flat_map(|&r| input.routes[r].rules.iter())
-        .flat_map(|rule| rule.backends.iter())
-        .filter_map(|(_, target)| target.as_deref().ok())
+        .flat_map(|rule| rule.clusters())
         .collect();
     let cluster_index: HashMap<&str, u32> = names
         .iter()
@@ -196,15 +195,17 @@ fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Ve
         let route = &input.routes[r];
         first_rule.insert(r, rules.len() as u32);
         for rule in &route.rules {
+            let index = |name: &str| cluster_index[name];
             let backends = rule
                 .backends
                 .iter()
-                .map(|(weight, target)| Backend {
-                    weight: *weight,
-                    target: Some(match target {
-                        Ok(name) => Target::Cluster(cluster_index[name.as_str()]),
+                .map(|b| Backend {
+                    weight: b.weight,
+                    target: Some(match &b.target {
+                        Ok(name) => Target::Cluster(index(name)),
                         Err(why) => Target::Invalid(why.clone()),
                     }),
+                    filters: b.filters.to_snapshot(index),
                 })
                 .collect();
             rules.push(Rule {
@@ -215,6 +216,9 @@ fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Ve
                     &rule.section,
                 )),
                 backends,
+                filters: rule.filters.to_snapshot(index),
+                request_timeout_ms: rule.request_timeout_ms,
+                backend_request_timeout_ms: rule.backend_request_timeout_ms,
             });
         }
     }

@@ -1,21 +1,22 @@
 //! HTTPRoutes, per Gateway API `HTTPRouteSpec` and `HTTPRouteRule`: rules,
-//! their matches and backends, and what the route reports.
+//! their matches, filters, timeouts and backends, and what the route
+//! reports.
 //!
-//! Filters (rule or backendRef level) are not supported yet. Spec
-//! (`HTTPRouteRule.filters`): "To reject an invalid combination or order of
-//! filters, implementations SHOULD consider the Route Rules with this
-//! configuration invalid. If all Route Rules in a Route are invalid, the
+//! A rule whose filters cannot be applied (see `filters`) or whose timeouts
+//! are invalid is emitted with no backends and no filters, so it answers
+//! 500. Spec (`HTTPRouteRule.filters`): "To reject an invalid combination or
+//! order of filters, implementations SHOULD consider the Route Rules with
+//! this configuration invalid. If all Route Rules in a Route are invalid, the
 //! entire Route would be considered invalid. If only a portion of Route Rules
 //! are invalid, implementations MUST set the "PartiallyInvalid" condition";
 //! and (`HTTPRouteFilter.type`) a filter that cannot be applied "MUST NOT be
 //! skipped. Instead, requests that would have been processed by that filter
-//! MUST receive a HTTP error response". So a rule with a filter is emitted
-//! with no backends (500); a route where only some rules have filters stays
-//! `Accepted` True with `PartiallyInvalid` True (reason `UnsupportedValue`,
-//! message starting "Dropped Rule" as `RouteConditionPartiallyInvalid`
-//! asks); a route where every rule has one is `Accepted` False with
-//! `UnsupportedValue`, its rules still answering 500 rather than falling
-//! through to another route.
+//! MUST receive a HTTP error response". So a route where only some rules are
+//! dropped stays `Accepted` True with `PartiallyInvalid` True (reason
+//! `UnsupportedValue`, message starting "Dropped Rule" as
+//! `RouteConditionPartiallyInvalid` asks); a route where every rule is
+//! dropped is `Accepted` False with `UnsupportedValue`, its rules still
+//! answering 500 rather than falling through to another route.
 //!
 //! An invalid value in a match (a regular expression that does not compile)
 //! makes the whole route `Accepted` False with `UnsupportedValue`: it is not
@@ -24,21 +25,44 @@
 use gatehouse_snapshot::RouteMatch;
 
 use crate::compile::backend::Backends;
-use crate::compile::matches;
+use crate::compile::filters::{self, FilterContext, FilterOutcome, FiltersModel};
+use crate::compile::{matches, timeouts};
 use crate::k8s::{HttpRoute, Rule, Time};
 use crate::status::BackendFailure;
 
-/// A backend of a rule: weight, and cluster name or why it is invalid.
-pub type RuleBackend = (u32, Result<String, String>);
+/// A backend of a rule.
+#[derive(Debug, Clone)]
+pub struct RuleBackend {
+    pub weight: u32,
+    /// Cluster name, or why the backendRef is invalid.
+    pub target: Result<String, String>,
+    pub filters: FiltersModel,
+}
 
 /// One rule, ready for the snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RuleModel {
     /// Rule name, or its index.
     pub section: String,
     pub matches: Vec<RouteMatch>,
-    /// Empty when the rule answers 500 (unsupported filters).
+    /// Empty when the rule answers 500 (a rejected filter or timeout).
     pub backends: Vec<RuleBackend>,
+    pub filters: FiltersModel,
+    pub request_timeout_ms: u32,
+    pub backend_request_timeout_ms: u32,
+}
+
+impl RuleModel {
+    /// Every cluster the rule sends to or mirrors to.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        let mirrors = std::iter::once(&self.filters)
+            .chain(self.backends.iter().map(|b| &b.filters))
+            .flat_map(|f| f.mirrors.iter().map(|m| m.cluster.as_str()));
+        self.backends
+            .iter()
+            .filter_map(|b| b.target.as_deref().ok())
+            .chain(mirrors)
+    }
 }
 
 /// What compile knows about one HTTPRoute.
@@ -75,22 +99,28 @@ impl<'a> RouteModel<'a> {
                     Vec::new()
                 }
             };
-            let resolved = rule_backends(&namespace, index, rule, backends);
-            if let (Ok(()), Some(failure)) = (&resolved_refs, resolved.1) {
-                resolved_refs = Err(failure);
+            let mut outcome = FilterOutcome::default();
+            let built = rule_model(&namespace, index, rule, backends, &mut outcome);
+            for failure in [built.1, outcome.mirror_failure].into_iter().flatten() {
+                if resolved_refs.is_ok() {
+                    resolved_refs = Err(failure);
+                }
             }
-            let filter = unsupported_filter(index, rule);
-            if let Some(f) = &filter {
-                unsupported.push(f.clone());
-            }
-            rules.push(RuleModel {
-                section: rule.name.clone().unwrap_or_else(|| index.to_string()),
-                matches: rule_matches,
-                backends: if filter.is_some() {
-                    Vec::new()
-                } else {
-                    resolved.0
+            let section = rule.name.clone().unwrap_or_else(|| index.to_string());
+            rules.push(match built.0 {
+                Ok(model) => RuleModel {
+                    section,
+                    matches: rule_matches,
+                    ..model
                 },
+                Err(message) => {
+                    unsupported.push(message);
+                    RuleModel {
+                        section,
+                        matches: rule_matches,
+                        ..RuleModel::default()
+                    }
+                }
             });
         }
         for (i, hostname) in route.spec.hostnames.iter().flatten().enumerate() {
@@ -140,7 +170,7 @@ impl<'a> RouteModel<'a> {
 const MAX_WEIGHT: i32 = 1_000_000;
 
 /// RFC 1123 labels, optionally behind one leading `*.` wildcard label.
-fn is_hostname(hostname: &str) -> bool {
+pub(super) fn is_hostname(hostname: &str) -> bool {
     let name = hostname.strip_prefix("*.").unwrap_or(hostname);
     !name.is_empty()
         && name.split('.').all(|label| {
@@ -154,49 +184,76 @@ fn is_hostname(hostname: &str) -> bool {
         })
 }
 
-/// Backends of a rule, and the first failure among them. Weight defaults to 1.
-fn rule_backends(
+/// A rule's backends, filters and timeouts, and the first backendRef that
+/// did not resolve. `Err` (a message naming the field) when the rule must
+/// answer 500 instead.
+fn rule_model(
     route_ns: &str,
     index: usize,
     rule: &Rule,
     backends: &mut Backends<'_>,
-) -> (Vec<RuleBackend>, Option<BackendFailure>) {
+    outcome: &mut FilterOutcome,
+) -> (Result<RuleModel, String>, Option<BackendFailure>) {
     let mut out = Vec::new();
     let mut first_failure = None;
-    for (i, r) in rule.backend_refs.iter().flatten().enumerate() {
+    let prefix_matches_only = matches::prefix_matches_only(rule.matches.as_deref());
+    let refs = rule.backend_refs.as_deref().unwrap_or_default();
+    let mut rejected = None;
+    for (i, r) in refs.iter().enumerate() {
         let field = || format!("spec.rules[{index}].backendRefs[{i}]");
         let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
-        match backends.resolve(route_ns, field, r) {
-            Ok(cluster) => out.push((weight, Ok(cluster))),
-            Err(failure) => {
-                out.push((weight, Err(failure.message().to_owned())));
-                first_failure.get_or_insert(failure);
-            }
-        }
+        let target = backends.resolve(route_ns, field, r).map_err(|failure| {
+            let message = failure.message().to_owned();
+            first_failure.get_or_insert(failure);
+            message
+        });
+        let ctx = FilterContext {
+            field: &format!("{}.filters", field()),
+            route_ns,
+            prefix_matches_only,
+            has_backends: false,
+        };
+        let filters = filters::compile(
+            &ctx,
+            r.filters.as_deref().unwrap_or_default(),
+            backends,
+            outcome,
+        )
+        .unwrap_or_else(|message| {
+            rejected.get_or_insert(message);
+            FiltersModel::default()
+        });
+        out.push(RuleBackend {
+            weight,
+            target,
+            filters,
+        });
     }
-    (out, first_failure)
-}
-
-/// Names the first filter of a rule (or of one of its backendRefs).
-fn unsupported_filter(index: usize, rule: &Rule) -> Option<String> {
-    let filter_type = |t: serde_json::Result<serde_json::Value>| {
-        t.ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+    let ctx = FilterContext {
+        field: &format!("spec.rules[{index}].filters"),
+        route_ns,
+        prefix_matches_only,
+        has_backends: !refs.is_empty(),
     };
-    if let Some(f) = rule.filters.iter().flatten().next() {
-        let t = filter_type(serde_json::to_value(&f.r#type));
-        return Some(format!(
-            "spec.rules[{index}].filters[0]: filter {t} is not supported yet"
-        ));
-    }
-    for (i, r) in rule.backend_refs.iter().flatten().enumerate() {
-        if let Some(f) = r.filters.iter().flatten().next() {
-            let t = filter_type(serde_json::to_value(&f.r#type));
-            return Some(format!(
-                "spec.rules[{index}].backendRefs[{i}].filters[0]: filter {t} is not supported yet"
-            ));
-        }
-    }
-    None
+    let model = filters::compile(
+        &ctx,
+        rule.filters.as_deref().unwrap_or_default(),
+        backends,
+        outcome,
+    )
+    .and_then(|filters| match rejected {
+        Some(message) => Err(message),
+        None => Ok(filters),
+    })
+    .and_then(|filters| {
+        let (request, backend_request) = timeouts::rule_timeouts(index, rule.timeouts.as_ref())?;
+        Ok(RuleModel {
+            backends: out,
+            filters,
+            request_timeout_ms: request,
+            backend_request_timeout_ms: backend_request,
+            ..RuleModel::default()
+        })
+    });
+    (model, first_failure)
 }

@@ -3,14 +3,22 @@
 //! status mapping of every failure. No locks; the table `Arc` is cloned once
 //! before the first `.await`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{Dataplane, body::ProxyBody, headers};
-use crate::table::{Lookup, PortKey, RequestView, Rule, Table, Target, normalize_host};
+use super::{Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody};
+use crate::table::{
+    Found, InFlight, Lookup, Mirror, PortKey, RequestView, Table, Target, normalize_host,
+};
 use gatehouse_snapshot::UpstreamProtocol;
 
 /// Why a request was answered by the proxy itself.
@@ -23,6 +31,8 @@ pub enum ProxyError {
     NoEndpoints,
     Connect,
     Upstream,
+    /// `timeouts.request` or `timeouts.backendRequest` expired.
+    Timeout,
 }
 
 impl ProxyError {
@@ -33,6 +43,7 @@ impl ProxyError {
             Self::NoBackend | Self::InvalidBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -45,6 +56,7 @@ impl ProxyError {
             Self::NoEndpoints => "no_endpoints",
             Self::Connect => "connect",
             Self::Upstream => "upstream",
+            Self::Timeout => "timeout",
         }
     }
 
@@ -70,11 +82,11 @@ impl Dataplane {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let table = self.table.load_full();
-        let found = find_rule(&table, &port, &request);
+        let found = find_route(&table, &port, &request);
         let (stats, result) = match found {
-            Ok(rule) => (
-                &rule.stats,
-                self.forward(&table, rule, client, request).await,
+            Ok(found) => (
+                &found.rule.stats,
+                self.serve(&table, found, client, request).await,
             ),
             Err(error) => (self.stats.no_route(), Err(error)),
         };
@@ -86,16 +98,71 @@ impl Dataplane {
         Ok(response)
     }
 
-    async fn forward(
-        &self,
+    /// A rule without filters or request timeout goes straight to
+    /// `forward`; the others take the boxed, slower path.
+    async fn serve(
+        self: &Arc<Self>,
         table: &Table,
-        rule: &Rule,
+        found: Found<'_>,
         client: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let rule = found.rule;
+        if rule.filters.is_none() && rule.request_timeout.is_none() {
+            let request = request.map(RequestBody::Client);
+            return self.forward(table, found, client, request).await;
+        }
+        let filtered = Box::pin(self.filtered(table, found, client, request));
+        match rule.request_timeout {
+            None => filtered.await,
+            // Dropping the future on expiry cancels the upstream request.
+            Some(limit) => tokio::time::timeout(limit, filtered)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+        }
+    }
+
+    /// The rule's filters around `forward`.
+    async fn filtered(
+        self: &Arc<Self>,
+        table: &Table,
+        found: Found<'_>,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let filters = found.rule.filters.as_deref();
+        let mut request = request.map(RequestBody::Client);
+        if let Some(filters) = filters {
+            if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
+                return Ok(response);
+            }
+            request = self.mirror(table, &filters.mirrors, client, request);
+        }
+        let mut response = self.forward(table, found, client, request).await?;
+        if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
+            modifier.apply(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    async fn forward(
+        self: &Arc<Self>,
+        table: &Table,
+        found: Found<'_>,
+        client: SocketAddr,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let rule = found.rule;
         let backend = rule
             .pick_backend(rand::random())
             .ok_or(ProxyError::NoBackend)?;
+        let backend_filters = backend.filters.as_deref();
+        if let Some(filters) = backend_filters {
+            if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
+                return Ok(response);
+            }
+            request = self.mirror(table, &filters.mirrors, client, request);
+        }
         let cluster = match &backend.target {
             Target::Cluster(index) => table.cluster(*index),
             Target::Invalid(reason) => {
@@ -109,17 +176,26 @@ impl Dataplane {
         let in_flight = endpoint.begin();
         let protocol = cluster.protocol;
         let upstream_request = upstream_request(request, client, protocol)?;
-        let sent = match protocol {
-            UpstreamProtocol::Http1 => self
-                .upstream
-                .send_http1(endpoint.address, upstream_request)
-                .await
-                .map(|(response, connection)| (response, Some(connection))),
-            UpstreamProtocol::H2c => self
-                .upstream
-                .send_h2c(endpoint.address, upstream_request)
-                .await
-                .map(|response| (response, None)),
+        let send = async {
+            match protocol {
+                UpstreamProtocol::Http1 => self
+                    .upstream
+                    .send_http1(endpoint.address, upstream_request)
+                    .await
+                    .map(|(response, connection)| (response, Some(connection))),
+                UpstreamProtocol::H2c => self
+                    .upstream
+                    .send_h2c(endpoint.address, upstream_request)
+                    .await
+                    .map(|response| (response, None)),
+            }
+        };
+        let sent = match rule.backend_timeout {
+            None => send.await,
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(ProxyError::Timeout),
+            },
         };
         let (response, connection) = sent.map_err(|error| {
             tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
@@ -130,6 +206,9 @@ impl Dataplane {
         })?;
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(modifier) = backend_filters.and_then(|f| f.response_headers.as_ref()) {
+            modifier.apply(&mut parts.headers);
+        }
         Ok(Response::from_parts(
             parts,
             ProxyBody::Upstream {
@@ -141,12 +220,95 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Sends a copy of `request` to each selected mirror, fire and forget,
+    /// and returns the request to forward (its body teed when it has one).
+    fn mirror(
+        self: &Arc<Self>,
+        table: &Table,
+        mirrors: &[Mirror],
+        client: SocketAddr,
+        request: Request<RequestBody>,
+    ) -> Request<RequestBody> {
+        let selected: Vec<&Mirror> = mirrors
+            .iter()
+            .filter(|m| m.selects(rand::random()))
+            .collect();
+        if selected.is_empty() {
+            return request;
+        }
+        let (parts, body) = request.into_parts();
+        let (body, copies) = body.split(selected.len());
+        for (mirror, copy) in selected.into_iter().zip(copies) {
+            let cluster = table.cluster(mirror.cluster);
+            let Some(endpoint) = cluster.pick_endpoint(rand::random()) else {
+                tracing::debug!(cluster = %cluster.name, "mirror has no endpoint");
+                continue;
+            };
+            let mut head = Request::new(copy);
+            *head.method_mut() = parts.method.clone();
+            *head.uri_mut() = parts.uri.clone();
+            *head.version_mut() = parts.version;
+            *head.headers_mut() = parts.headers.clone();
+            let Ok(copy) = upstream_request(head, client, cluster.protocol) else {
+                continue;
+            };
+            tokio::spawn(send_mirror(
+                self.clone(),
+                cluster.name.clone(),
+                endpoint.address,
+                cluster.protocol,
+                endpoint.begin(),
+                copy,
+            ));
+        }
+        Request::from_parts(parts, body)
+    }
+}
+
+/// Longest a mirrored request may take; its response is read and dropped.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn send_mirror(
+    dataplane: Arc<Dataplane>,
+    cluster: Arc<str>,
+    address: SocketAddr,
+    protocol: UpstreamProtocol,
+    in_flight: InFlight,
+    request: Request<RequestBody>,
+) {
+    let exchange = async {
+        let (response, connection) = match protocol {
+            UpstreamProtocol::Http1 => dataplane
+                .upstream
+                .send_http1(address, request)
+                .await
+                .map(|(response, connection)| (response, Some(connection)))?,
+            UpstreamProtocol::H2c => (dataplane.upstream.send_h2c(address, request).await?, None),
+        };
+        let status = response.status();
+        let body = ProxyBody::Upstream {
+            body: response.into_body(),
+            _in_flight: in_flight,
+            connection,
+        };
+        // Read to the end so that the connection goes back to its pool.
+        let _ = body.collect().await;
+        anyhow::Ok(status)
+    };
+    match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+        Ok(Ok(status)) => tracing::debug!(%cluster, %status, "mirrored"),
+        Ok(Err(error)) => tracing::debug!(%cluster, %error, "mirror failed"),
+        Err(_) => tracing::debug!(%cluster, "mirror timed out"),
+    }
+}
+
 /// The rule for a request, or why there is none.
-fn find_rule<'t>(
+fn find_route<'t>(
     table: &'t Table,
     port: &PortKey,
     request: &Request<Incoming>,
-) -> Result<&'t Rule, ProxyError> {
+) -> Result<Found<'t>, ProxyError> {
     let authority = client_authority(request)?;
     let host = normalize_host(authority).map_err(|_| ProxyError::BadRequest)?;
     let view = RequestView {
@@ -157,14 +319,14 @@ fn find_rule<'t>(
         headers: request.headers(),
     };
     match table.lookup(port, &view) {
-        Lookup::Rule(rule) => Ok(rule),
+        Lookup::Rule(found) => Ok(found),
         Lookup::NoPort | Lookup::NoListener | Lookup::NoRoute => Err(ProxyError::NoRoute),
     }
 }
 
 /// The authority the client addressed: the URI's (HTTP/2, or HTTP/1.1
 /// absolute-form, RFC 9112 §3.2.2), else the one Host header.
-fn client_authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
+pub(super) fn client_authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(authority) = request.uri().authority() {
         return Ok(authority.as_str());
     }
@@ -179,11 +341,11 @@ fn client_authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
 /// an origin-form URI (the pool connects to the endpoint) and the client's
 /// authority in Host; h2c upstreams get the client's authority in the URI
 /// (`:authority`) and no Host.
-fn upstream_request(
-    request: Request<Incoming>,
+fn upstream_request<B>(
+    request: Request<B>,
     client: SocketAddr,
     protocol: UpstreamProtocol,
-) -> Result<Request<Incoming>, ProxyError> {
+) -> Result<Request<B>, ProxyError> {
     let uri_authority = request.uri().authority().cloned();
     let (mut parts, body) = request.into_parts();
     // Checked as an authority whichever header carries it, so that what an

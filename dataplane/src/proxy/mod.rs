@@ -2,9 +2,11 @@
 //! serves requests from whichever table is current.
 
 mod body;
+mod filters;
 mod handler;
 mod headers;
 mod listeners;
+mod request_body;
 mod upstream;
 
 use std::sync::{

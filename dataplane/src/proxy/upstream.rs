@@ -28,6 +28,8 @@ use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
+
+use super::request_body::RequestBody;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -91,7 +93,7 @@ pub struct Upstream {
 }
 
 pub struct Http1Pool {
-    idle: ArrayQueue<http1::SendRequest<Incoming>>,
+    idle: ArrayQueue<http1::SendRequest<RequestBody>>,
 }
 
 impl Default for Http1Pool {
@@ -106,7 +108,7 @@ impl Default for Http1Pool {
 /// once the response has been read to its end.
 pub struct Checkin {
     pool: Arc<Http1Pool>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
 }
 
 impl Checkin {
@@ -126,14 +128,14 @@ impl std::fmt::Debug for Checkin {
 
 #[derive(Default)]
 struct H2Slot {
-    sender: ArcSwapOption<http2::SendRequest<Incoming>>,
+    sender: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Taken only when no live connection exists, so one request connects
     /// and the others wait for it instead of opening their own.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl H2Slot {
-    fn live(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn live(&self) -> Option<http2::SendRequest<RequestBody>> {
         self.sender
             .load()
             .as_ref()
@@ -149,7 +151,7 @@ impl Upstream {
     pub async fn send_http1(
         &self,
         address: SocketAddr,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
         let pool = slot(&self.http1, address);
         loop {
@@ -178,7 +180,7 @@ impl Upstream {
     pub async fn send_h2c(
         &self,
         address: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.h2_sender(address).await?;
         sender
@@ -211,7 +213,7 @@ impl Upstream {
     async fn h2_sender(
         &self,
         address: SocketAddr,
-    ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let slot = slot(&self.h2, address);
         match slot.live() {
             Some(sender) => Ok(sender),
@@ -225,7 +227,7 @@ impl Upstream {
 async fn h2_connect(
     address: SocketAddr,
     slot: &H2Slot,
-) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
     let _connecting = slot.connecting.lock().await;
     if let Some(sender) = slot.live() {
         return Ok(sender);
@@ -248,7 +250,7 @@ async fn h2_connect(
 const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// An idle connection ready for a request, skipping closed ones.
-async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<Incoming>> {
+async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<RequestBody>> {
     while let Some(mut sender) = pool.idle.pop() {
         if sender.is_closed() {
             continue;
@@ -270,7 +272,9 @@ async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<Incoming>> {
     None
 }
 
-async fn connect_http1(address: SocketAddr) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+async fn connect_http1(
+    address: SocketAddr,
+) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
     let stream = connect_tcp(address).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await

@@ -13,11 +13,13 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use gatehouse_snapshot::{LoadBalancing, UpstreamProtocol};
 use http::uri::Authority;
 
+use super::filters::Filters;
 use crate::stats::RouteStats;
 
 /// One route rule: where its matches send traffic.
@@ -30,12 +32,19 @@ pub struct Rule {
     pub backends: Box<[Backend]>,
     pub total_weight: u64,
     pub stats: Arc<RouteStats>,
+    /// None when the rule has no filters: the common case costs one branch.
+    pub filters: Option<Box<Filters>>,
+    /// `timeouts.request`: until the response starts.
+    pub request_timeout: Option<Duration>,
+    /// `timeouts.backendRequest`: per upstream attempt.
+    pub backend_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
 pub struct Backend {
     pub weight: u32,
     pub target: Target,
+    pub filters: Option<Box<Filters>>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,19 +170,25 @@ mod tests {
                 Backend {
                     weight: 1,
                     target: Target::Cluster(0),
+                    filters: None,
                 },
                 Backend {
                     weight: 0,
                     target: Target::Cluster(1),
+                    filters: None,
                 },
                 Backend {
                     weight: 3,
                     target: Target::Invalid("gone".into()),
+                    filters: None,
                 },
             ]
             .into(),
             total_weight: 4,
             stats: Arc::new(RouteStats::new("ns/r".into())),
+            filters: None,
+            request_timeout: None,
+            backend_timeout: None,
         };
         let picks: Vec<_> = (0..4)
             .map(|roll| rule.pick_backend(roll).unwrap().weight)

@@ -6,16 +6,18 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use gatehouse_snapshot as pb;
 use http::{HeaderName, Method, uri::Authority};
 
 use super::{
-    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, Rule, Snapshot, Table,
-    Target, VirtualHost,
+    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, Rule, Scheme, Snapshot,
+    Table, Target, VirtualHost,
     backend::Backend,
     error::describe,
+    filters::{self, Filters},
     matching::{
         HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, ValueMatch, whole_value_regex,
     },
@@ -101,6 +103,7 @@ fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, 
         key,
         Port {
             port: logical,
+            scheme: Scheme::Http,
             listeners,
         },
     ))
@@ -333,15 +336,37 @@ fn build_rule(
         backends.push(Backend {
             weight: backend.weight,
             target,
+            filters: build_filters(backend.filters.as_ref(), cluster_count)
+                .map_err(|(f, p)| err(&format!("filters.{f}"), p))?,
         });
     }
+    let filters = build_filters(rule.filters.as_ref(), cluster_count)
+        .map_err(|(f, p)| BuildError::new(object.clone(), format!("rules[{i}].filters.{f}"), p))?;
+    let millis = |ms: u32| (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     Ok(Rule {
         stats: stats.route(&route),
         route: route.into(),
         object: object.into(),
         backends: backends.into(),
         total_weight,
+        filters,
+        request_timeout: millis(rule.request_timeout_ms),
+        backend_timeout: millis(rule.backend_request_timeout_ms),
     })
+}
+
+/// Runtime filters; `None` when there are none, so that the request path
+/// pays one branch for a rule without filters.
+fn build_filters(
+    filters: Option<&pb::Filters>,
+    cluster_count: usize,
+) -> Result<Option<Box<Filters>>, (String, String)> {
+    match filters {
+        Some(f) if *f != pb::Filters::default() => {
+            filters::build(f, cluster_count).map(|f| Some(Box::new(f)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn build_clusters(

@@ -11,6 +11,7 @@
 mod backend;
 mod build;
 mod error;
+mod filters;
 mod host;
 mod matching;
 
@@ -18,9 +19,12 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 pub use backend::{Backend, Cluster, Endpoint, InFlight, Rule, Target};
 pub use error::BuildError;
+pub use filters::{
+    Filters, HeaderModifier, Mirror, PathRewrite, Redirect, RedirectRequest, Rewrite, Scheme,
+};
 pub use gatehouse_snapshot::Snapshot;
 pub use host::{HostError, HostPattern, normalize_host};
-pub use matching::{RequestView, RouteMatch};
+pub use matching::{PathMatch, RequestView, RouteMatch};
 
 /// A bound socket: the address and the port actually bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +60,7 @@ pub struct Table {
 pub struct Port {
     /// The port clients see.
     pub port: u16,
+    pub scheme: Scheme,
     pub listeners: Box<[Listener]>,
 }
 
@@ -89,7 +94,15 @@ pub enum Lookup<'t> {
     /// No listener of the port matches the host.
     NoListener,
     NoRoute,
-    Rule(&'t Rule),
+    Rule(Found<'t>),
+}
+
+/// The port, match and rule a request found.
+#[derive(Debug, Clone, Copy)]
+pub struct Found<'t> {
+    pub port: &'t Port,
+    pub route_match: &'t RouteMatch,
+    pub rule: &'t Rule,
 }
 
 impl Table {
@@ -141,7 +154,11 @@ impl Table {
             return Lookup::NoListener;
         };
         match listener.find(request) {
-            Some(found) => Lookup::Rule(&self.rules[found.rule]),
+            Some(route_match) => Lookup::Rule(Found {
+                port,
+                route_match,
+                rule: &self.rules[route_match.rule],
+            }),
             None => Lookup::NoRoute,
         }
     }

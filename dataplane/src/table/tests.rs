@@ -64,6 +64,7 @@ fn snapshot(listeners: Vec<pb::Listener>, rules: usize) -> pb::Snapshot {
             .map(|i| pb::Rule {
                 origin: origin("HTTPRoute", &format!("r{i}"), "0"),
                 backends: vec![],
+                ..Default::default()
             })
             .collect(),
         clusters: vec![],
@@ -105,7 +106,7 @@ fn route_of(table: &Table, req: &Req) -> String {
         headers: &req.headers,
     };
     match table.lookup(&key(), &view) {
-        Lookup::Rule(rule) => rule.route.to_string(),
+        Lookup::Rule(found) => found.rule.route.to_string(),
         other => format!("{other:?}"),
     }
 }
@@ -333,6 +334,7 @@ fn out_of_range_indexes_and_bad_values_are_rejected() {
     s.rules[0].backends = vec![pb::Backend {
         weight: 1,
         target: Some(pb::backend::Target::Cluster(0)),
+        ..Default::default()
     }];
     let e = build_error(s.clone());
     assert_eq!(
@@ -343,6 +345,7 @@ fn out_of_range_indexes_and_bad_values_are_rejected() {
     s.rules[0].backends[0] = pb::Backend {
         weight: 2_000_000,
         target: Some(pb::backend::Target::Invalid("x".into())),
+        ..Default::default()
     };
     assert_eq!(build_error(s).field, "rules[0].backends[0].weight");
 

@@ -107,6 +107,7 @@ pub fn to_cluster(weight: u32, cluster: u32) -> pb::Backend {
     pb::Backend {
         weight,
         target: Some(pb::backend::Target::Cluster(cluster)),
+        ..Default::default()
     }
 }
 
@@ -114,6 +115,7 @@ pub fn invalid(weight: u32) -> pb::Backend {
     pb::Backend {
         weight,
         target: Some(pb::backend::Target::Invalid("BackendNotFound".into())),
+        ..Default::default()
     }
 }
 
@@ -126,6 +128,7 @@ pub fn rule(name: &str, backends: Vec<pb::Backend>) -> pb::Rule {
             section: "0".into(),
         }),
         backends,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,184 @@
+//! The body of a request sent upstream: the client's, streamed as it
+//! arrives; the client's teed to mirrors; or a mirror's copy.
+//!
+//! A mirror must never slow or fail the client (Gateway API
+//! `HTTPRequestMirrorFilter`: the mirror's response is ignored). So the tee
+//! hands each chunk to each mirror through a small bounded channel with
+//! `try_send`: a mirror that falls behind is cut off, and its copy of the
+//! body ends with an error (its request is abandoned) rather than
+//! arriving truncated but looking complete.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+/// Chunks buffered per mirror before it is cut off.
+const MIRROR_BUFFER: usize = 16;
+
+#[derive(Debug)]
+pub enum RequestBody {
+    Client(Incoming),
+    Tee(Tee),
+    Mirror(MirrorCopy),
+    Empty,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    #[error("the mirrored request's body was cut off")]
+    MirrorCutOff,
+}
+
+enum Chunk {
+    Data(Bytes),
+    /// The client's body ended cleanly.
+    End,
+}
+
+/// The client's body, copied to mirrors as it is read.
+#[derive(Debug)]
+pub struct Tee {
+    body: Incoming,
+    mirrors: Vec<mpsc::Sender<Chunk>>,
+}
+
+/// A mirror's copy of the client's body.
+#[derive(Debug)]
+pub struct MirrorCopy {
+    chunks: mpsc::Receiver<Chunk>,
+    ended: bool,
+    /// The client body's, so that a copy keeps its framing.
+    hint: SizeHint,
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Data(data) => write!(f, "Data({} bytes)", data.len()),
+            Self::End => f.write_str("End"),
+        }
+    }
+}
+
+impl RequestBody {
+    /// Splits this body into the one to forward and one copy per mirror. A
+    /// body that is already complete (a GET) is not teed; a teed one gets
+    /// more copies.
+    pub fn split(self, mirrors: usize) -> (RequestBody, Vec<RequestBody>) {
+        let (body, mut senders) = match self {
+            Self::Client(body) if !body.is_end_stream() => (body, Vec::new()),
+            Self::Tee(tee) => (tee.body, tee.mirrors),
+            done => {
+                let copies = (0..mirrors).map(|_| RequestBody::Empty).collect();
+                return (done, copies);
+            }
+        };
+        let copies = (0..mirrors)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(MIRROR_BUFFER);
+                senders.push(tx);
+                RequestBody::Mirror(MirrorCopy {
+                    chunks: rx,
+                    ended: false,
+                    hint: body.size_hint(),
+                })
+            })
+            .collect();
+        (
+            RequestBody::Tee(Tee {
+                body,
+                mirrors: senders,
+            }),
+            copies,
+        )
+    }
+}
+
+impl Tee {
+    fn copy(&mut self, chunk: impl Fn() -> Chunk) {
+        // A full or closed channel drops its sender, which cuts the mirror
+        // off without an End marker.
+        self.mirrors.retain(|tx| tx.try_send(chunk()).is_ok());
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::Client(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            Self::Tee(tee) => {
+                let polled = Pin::new(&mut tee.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            let data = data.clone();
+                            tee.copy(|| Chunk::Data(data.clone()));
+                        }
+                        if tee.body.is_end_stream() {
+                            tee.copy(|| Chunk::End);
+                            tee.mirrors.clear();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        tee.copy(|| Chunk::End);
+                        tee.mirrors.clear();
+                    }
+                    // The client's body failed: the mirrors' copies end
+                    // without End, so they fail too.
+                    Poll::Ready(Some(Err(_))) => tee.mirrors.clear(),
+                    Poll::Pending => {}
+                }
+                polled.map_err(BodyError::from)
+            }
+            Self::Mirror(copy) => {
+                if copy.ended {
+                    return Poll::Ready(None);
+                }
+                match copy.chunks.poll_recv(cx) {
+                    Poll::Ready(Some(Chunk::Data(data))) => {
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Poll::Ready(Some(Chunk::End)) => {
+                        copy.ended = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(None) => Poll::Ready(Some(Err(BodyError::MirrorCutOff))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Client(body) => body.is_end_stream(),
+            Self::Tee(tee) => tee.body.is_end_stream(),
+            Self::Mirror(copy) => copy.ended,
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Client(body) => body.size_hint(),
+            Self::Tee(tee) => tee.body.size_hint(),
+            Self::Mirror(copy) => copy.hint,
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
