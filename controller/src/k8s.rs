@@ -8,7 +8,9 @@ pub use gateway_api::apis::standard::gateways::{
     GatewayListenersAllowedRoutes as AllowedRoutes,
     GatewayListenersAllowedRoutesKinds as RouteGroupKind,
     GatewayListenersAllowedRoutesNamespacesFrom as FromNamespaces,
-    GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector, GatewaySpec,
+    GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
+    GatewayListenersTls as ListenerTls, GatewayListenersTlsCertificateRefs as CertificateRef,
+    GatewayListenersTlsMode as TlsMode, GatewaySpec,
 };
 pub use gateway_api::apis::standard::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule,

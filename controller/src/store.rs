@@ -268,6 +268,13 @@ impl Store {
         })
     }
 
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.of_kind(Kind::Secret).filter_map(|o| match o {
+            Object::Secret(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.of_kind(Kind::Namespace).filter_map(|o| match o {
             Object::Namespace(x) => Some(&**x),

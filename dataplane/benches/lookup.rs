@@ -85,6 +85,7 @@ fn snapshot(routes: usize) -> pb::Snapshot {
                 origin: None,
                 hostname: String::new(),
                 hosts: vhosts,
+                ..Default::default()
             }],
         }],
         rules,

@@ -25,6 +25,8 @@ use hyper_util::{
 };
 use serde_json::Value;
 
+pub mod tls;
+
 /// Logical ports in test manifests are bound at port + this offset.
 pub const PORT_OFFSET: u16 = 20000;
 
@@ -289,6 +291,11 @@ impl Standalone {
                 && s["metadata"]["name"] == name
                 && namespace.is_none_or(|ns| s["metadata"]["namespace"] == ns)
         })
+    }
+
+    /// The socket logical port `port` is bound at.
+    pub fn socket(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.address, port + PORT_OFFSET)
     }
 
     /// URL of logical port `port` on this controller's Gateway address.

@@ -12,6 +12,8 @@ mod generated {
 
 pub use generated::*;
 
+pub mod tls;
+
 use prost::Message;
 use sha2::{Digest, Sha256};
 

@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use gatehouse_snapshot::{Cluster, Endpoint, LoadBalancing, UpstreamProtocol};
 
-use crate::k8s::{
-    BackendRef, EndpointSlice, GATEWAY_GROUP, ReferenceGrant, SERVICE_NAME_LABEL, Service,
-    ServicePort,
-};
+use crate::compile::grants::{Reference, ReferenceGrants};
+use crate::k8s::{BackendRef, EndpointSlice, SERVICE_NAME_LABEL, Service, ServicePort};
 use crate::status::BackendFailure;
 use crate::store::Store;
 
@@ -28,7 +26,7 @@ type NsName<'a> = (&'a str, &'a str);
 pub struct Backends<'a> {
     services: HashMap<NsName<'a>, &'a Service>,
     slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>>,
-    grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    grants: ReferenceGrants<'a>,
     clusters: BTreeMap<String, Cluster>,
 }
 
@@ -56,17 +54,10 @@ impl<'a> Backends<'a> {
                     .push(slice);
             }
         }
-        let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
-        for grant in store.reference_grants() {
-            grants
-                .entry(ns_name(&grant.metadata).0)
-                .or_default()
-                .push(grant);
-        }
         Backends {
             services,
             slices,
-            grants,
+            grants: ReferenceGrants::new(store),
             clusters: BTreeMap::new(),
         }
     }
@@ -89,7 +80,14 @@ impl<'a> Backends<'a> {
             )));
         }
         let ns = r.namespace.as_deref().unwrap_or(route_ns);
-        if ns != route_ns && !self.granted(route_ns, ns, &r.name) {
+        let reference = Reference {
+            from_kind: "HTTPRoute",
+            from_namespace: route_ns,
+            to_kind: "Service",
+            to_namespace: ns,
+            to_name: &r.name,
+        };
+        if ns != route_ns && !self.grants.allow(&reference) {
             return Err(BackendFailure::RefNotPermitted(format!(
                 "{}: Service \"{}\" in namespace {ns:?} is not allowed by any ReferenceGrant in that namespace",
                 field(),
@@ -132,30 +130,6 @@ impl<'a> Backends<'a> {
     /// A built cluster, by name.
     pub fn get(&self, name: &str) -> Option<&Cluster> {
         self.clusters.get(name)
-    }
-
-    /// Spec (ReferenceGrant): a grant in the target's namespace lists the
-    /// referring kind and namespace in `from` and the target in `to`, by
-    /// name or for all names.
-    fn granted(&self, route_ns: &str, target_ns: &str, service: &str) -> bool {
-        let grants = self
-            .grants
-            .get(target_ns)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        grants.iter().any(|g| {
-            let from = g.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == route_ns
-            });
-            let to = g.spec.to.iter().any(|t| {
-                t.group.is_empty()
-                    && t.kind == "Service"
-                    && t.name
-                        .as_deref()
-                        .is_none_or(|n| n.is_empty() || n == service)
-            });
-            from && to
-        })
     }
 
     fn cluster(&self, name: String, ns: &str, service: &Service, port: &ServicePort) -> Cluster {

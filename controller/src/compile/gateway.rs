@@ -5,7 +5,10 @@
 
 use std::net::IpAddr;
 
+use gatehouse_snapshot::Protocol;
+
 use crate::compile::listener::{self, ListenerModel};
+use crate::compile::tls::Secrets;
 use crate::compile::{CLUSTER_GROUP_LABEL, CompileOptions, DEFAULT_CLUSTER_GROUP};
 use crate::k8s::{Gateway, Time};
 
@@ -22,7 +25,7 @@ pub struct GatewayModel<'a> {
 }
 
 impl<'a> GatewayModel<'a> {
-    pub fn new(gateway: &'a Gateway, options: &CompileOptions) -> Self {
+    pub fn new(gateway: &'a Gateway, options: &CompileOptions, secrets: &Secrets<'_>) -> Self {
         let meta = &gateway.metadata;
         let group = meta
             .labels
@@ -30,14 +33,28 @@ impl<'a> GatewayModel<'a> {
             .and_then(|l| l.get(CLUSTER_GROUP_LABEL))
             .cloned()
             .unwrap_or_else(|| DEFAULT_CLUSTER_GROUP.into());
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let mut listeners = listener::listeners(&gateway.spec.listeners, options.port_offset);
+        for (i, (l, spec)) in listeners
+            .iter_mut()
+            .zip(&gateway.spec.listeners)
+            .enumerate()
+        {
+            if l.protocol == Protocol::Https && l.report.unsupported_protocol.is_none() {
+                let resolved = secrets.resolve(&namespace, i, spec.tls.as_ref());
+                l.report.certificate_failure = resolved.failure;
+                l.report.no_certificate = resolved.certificates.is_empty();
+                l.certificates = resolved.certificates;
+            }
+        }
         GatewayModel {
             gateway,
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace,
             name: meta.name.clone().unwrap_or_default(),
             created: meta.creation_timestamp.as_ref(),
             group,
             addresses: addresses(gateway, options),
-            listeners: listener::listeners(&gateway.spec.listeners, options.port_offset),
+            listeners,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Listener validation, per Gateway API `Listener` and `ListenerStatus`:
-//! supported protocol (HTTP), `allowedRoutes.kinds` (HTTPRoute only, else
+//! supported protocols (HTTP, and HTTPS terminating TLS; its certificates are
+//! resolved by `tls`), `allowedRoutes.kinds` (HTTPRoute only, else
 //! `InvalidRouteKinds` with `supportedKinds` keeping the valid ones),
 //! conflicts within a Gateway (same port with different protocols:
 //! `ProtocolConflict`; same port, protocol and hostname: `HostnameConflict`;
@@ -8,6 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use gatehouse_snapshot::{Certificate, Protocol};
+
+use crate::compile::tls;
 use crate::k8s::{FromNamespaces, GATEWAY_GROUP, Listener, NamespaceSelector};
 use crate::status::{Conflict, ListenerReport};
 
@@ -24,7 +28,10 @@ pub enum AllowedNamespaces {
 pub struct ListenerModel {
     pub name: String,
     pub port: u16,
+    pub protocol: Protocol,
     pub hostname: Option<String>,
+    /// HTTPS: the certificates that resolved (see `tls`).
+    pub certificates: Vec<Certificate>,
     pub allowed: AllowedNamespaces,
     pub report: ListenerReport,
 }
@@ -118,11 +125,21 @@ fn listener(l: &Listener) -> ListenerModel {
         name: l.name.clone(),
         ..Default::default()
     };
-    if l.protocol != "HTTP" {
+    let protocol = match l.protocol.as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        _ => Protocol::Unspecified,
+    };
+    if protocol == Protocol::Unspecified {
         report.unsupported_protocol = Some(format!(
-            "Protocol {:?} is not supported; supported: HTTP",
+            "Protocol {:?} is not supported; supported: HTTP, HTTPS",
             l.protocol
         ));
+    } else if protocol == Protocol::Https && tls::is_passthrough(l.tls.as_ref()) {
+        report.unsupported_protocol = Some(
+            "HTTPS with tls.mode Passthrough is not supported: HTTPS listeners terminate TLS (mode Terminate)"
+                .into(),
+        );
     } else {
         let (kinds, invalid) = route_kinds(l);
         report.supported_kinds = kinds;
@@ -144,7 +161,9 @@ fn listener(l: &Listener) -> ListenerModel {
     ListenerModel {
         name: l.name.clone(),
         port: u16::try_from(l.port).unwrap_or(0),
+        protocol,
         hostname: hostname(l),
+        certificates: Vec::new(),
         allowed,
         report,
     }
@@ -189,14 +208,15 @@ mod tests {
     fn same_port_different_protocol_is_a_protocol_conflict() {
         let ls = listeners(
             &parse(
-                "- {name: a, port: 80, protocol: HTTP}\n- {name: b, port: 80, protocol: HTTPS}\n- {name: c, port: 81, protocol: HTTP}\n",
+                "- {name: a, port: 80, protocol: HTTP}\n- {name: b, port: 80, protocol: HTTPS}\n- {name: c, port: 81, protocol: HTTP}\n- {name: d, port: 82, protocol: TCP}\n",
             ),
             0,
         );
         assert_eq!(ls[0].report.conflict, Some(Conflict::Protocol));
         assert_eq!(ls[1].report.conflict, Some(Conflict::Protocol));
         assert_eq!(ls[2].report.conflict, None);
-        assert!(ls[1].report.unsupported_protocol.is_some());
+        assert!(ls[1].report.unsupported_protocol.is_none());
+        assert!(ls[3].report.unsupported_protocol.is_some());
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod attach;
 mod backend;
 mod filters;
 mod gateway;
+mod grants;
 mod hostname;
 mod listener;
 mod matches;
@@ -21,6 +22,7 @@ mod precedence;
 mod route;
 mod sharing;
 mod timeouts;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -79,10 +81,11 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
         .filter_map(|c| c.metadata.name.as_deref())
         .collect();
+    let secrets = tls::Secrets::new(store);
     let mut gateways: Vec<gateway::GatewayModel<'_>> = store
         .gateways()
         .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
-        .map(|g| gateway::GatewayModel::new(g, options))
+        .map(|g| gateway::GatewayModel::new(g, options, &secrets))
         .collect();
     let gateway_ranks = ranks(
         gateways

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use gatehouse_snapshot::{
-    Backend, Cluster, Listener, Origin, Port, Protocol, RouteMatch, Rule, Snapshot, VirtualHost,
-    backend::Target,
+    Backend, Certificate, Cluster, Listener, Origin, Port, Protocol, RouteMatch, Rule, Snapshot,
+    VirtualHost, backend::Target,
 };
 
 use crate::compile::CompileOptions;
@@ -46,13 +46,14 @@ struct ListenerBuild {
     sort: ((u8, std::cmp::Reverse<usize>, String), usize, String),
     origin: Origin,
     hostname: String,
+    certificates: Vec<Certificate>,
     hosts: BTreeMap<String, Vec<(Precedence, RouteMatch)>>,
 }
 
 /// The (unsealed) snapshot of one group.
 pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     let (rules, first_rule, clusters) = rule_table(input);
-    let mut ports: BTreeMap<PortKey, (u32, Vec<ListenerBuild>)> = BTreeMap::new();
+    let mut ports: BTreeMap<PortKey, (u32, Protocol, Vec<ListenerBuild>)> = BTreeMap::new();
     let mut slots: HashMap<(usize, usize), Vec<(PortKey, usize)>> = HashMap::new();
     for (gi, g) in input.gateways.iter().enumerate() {
         let Ok(addresses) = &g.addresses else {
@@ -62,7 +63,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
             continue;
         }
         for (li, l) in g.listeners.iter().enumerate() {
-            if !l.report.is_usable() {
+            if !l.report.is_served() {
                 continue;
             }
             let hostname = l.hostname.clone().unwrap_or_default();
@@ -71,7 +72,11 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                     *address,
                     u32::from(l.port) + u32::from(input.options.port_offset),
                 );
-                let (_, listeners) = ports.entry(key).or_insert((u32::from(l.port), Vec::new()));
+                // `sharing` keeps HTTP and HTTPS off one socket.
+                let (_, _, listeners) =
+                    ports
+                        .entry(key)
+                        .or_insert((u32::from(l.port), l.protocol, Vec::new()));
                 let spec_key = specificity(&hostname);
                 let sort = (
                     (spec_key.0, spec_key.1, hostname.clone()),
@@ -85,10 +90,19 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                 // oldest Gateway's listener names the merged one.
                 let index = match listeners.iter().position(|b| b.hostname == hostname) {
                     Some(existing) => {
-                        if sort < listeners[existing].sort {
-                            listeners[existing].sort = sort;
-                            listeners[existing].origin = listener_origin;
+                        let merged = &mut listeners[existing];
+                        // The oldest Gateway's certificates come first.
+                        if sort < merged.sort {
+                            merged.sort = sort;
+                            merged.origin = listener_origin;
+                            let newer =
+                                std::mem::replace(&mut merged.certificates, l.certificates.clone());
+                            merged.certificates.extend(newer);
+                        } else {
+                            merged.certificates.extend(l.certificates.iter().cloned());
                         }
+                        let mut seen = BTreeSet::new();
+                        merged.certificates.retain(|c| seen.insert(c.name.clone()));
                         existing
                     }
                     None => {
@@ -96,6 +110,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                             sort,
                             origin: listener_origin,
                             hostname: hostname.clone(),
+                            certificates: l.certificates.clone(),
                             hosts: BTreeMap::new(),
                         });
                         listeners.len() - 1
@@ -109,7 +124,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         let route = &input.routes[a.route];
         let first = first_rule[&a.route];
         for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
-            let listener = &mut ports.get_mut(key).expect("slot of a known port").1[*index];
+            let listener = &mut ports.get_mut(key).expect("slot of a known port").2[*index];
             for host in &a.hosts {
                 let entries = listener.hosts.entry(host.clone()).or_default();
                 for (ri, rule) in route.rules.iter().enumerate() {
@@ -125,11 +140,11 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     }
     let ports = ports
         .into_iter()
-        .map(|((address, bind_port), (port, listeners))| Port {
+        .map(|((address, bind_port), (port, protocol, listeners))| Port {
             address: address.to_string(),
             port,
             bind_port,
-            protocol: Protocol::Http as i32,
+            protocol: protocol as i32,
             listeners: finish_listeners(listeners),
         })
         .collect();
@@ -166,6 +181,7 @@ fn finish_listeners(mut listeners: Vec<ListenerBuild>) -> Vec<Listener> {
                 origin: Some(l.origin),
                 hostname: l.hostname,
                 hosts,
+                certificates: l.certificates,
             }
         })
         .collect()

@@ -5,8 +5,9 @@
 //! Input: every Gateway of ours with its validated listeners and its rank
 //! (oldest first). Output: the same listeners, where a listener whose port
 //! is already bound by an older Gateway on an overlapping address that is not
-//! the same socket (0.0.0.0 beside 127.0.0.2, or the same address in another
-//! cluster group, whose data plane is another process) is marked
+//! the same socket (0.0.0.0 beside 127.0.0.2, the same address in another
+//! cluster group, whose data plane is another process, or the same socket
+//! with the other one of HTTP and HTTPS) is marked
 //! `PortUnavailable`: its bind would fail and make the whole snapshot
 //! unusable. Listeners on the very same socket are compatible: they merge
 //! (see `ports`), the same hostname serving the union of their routes.
@@ -17,6 +18,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use gatehouse_snapshot::Protocol;
+
 use crate::compile::gateway::GatewayModel;
 
 /// A listener already given a socket.
@@ -24,6 +27,7 @@ struct Holder {
     address: IpAddr,
     group: String,
     gateway: String,
+    protocol: Protocol,
 }
 
 /// Marks listeners that cannot share a socket with older Gateways'.
@@ -38,7 +42,7 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
         };
         let gateway = format!("{}/{}", g.namespace, g.name);
         for l in &mut g.listeners {
-            if !l.report.is_usable() {
+            if !l.report.is_served() {
                 continue;
             }
             let port = u32::from(l.port) + u32::from(offset);
@@ -47,14 +51,19 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                 holders
                     .iter()
                     .filter(|h| h.gateway != gateway && overlaps(h.address, *address))
-                    .find(|h| h.address != *address || h.group != g.group)
+                    .find(|h| {
+                        h.address != *address || h.group != g.group || h.protocol != l.protocol
+                    })
                     .map(|h| (*address, h))
             });
             match clash {
                 Some((address, h)) => {
-                    let other_group = match h.group == g.group {
-                        true => String::new(),
-                        false => format!(" in cluster group {:?}", h.group),
+                    let other_group = if h.group != g.group {
+                        format!(" in cluster group {:?}", h.group)
+                    } else if h.protocol != l.protocol {
+                        format!(" with protocol {}", h.protocol.as_str_name())
+                    } else {
+                        String::new()
                     };
                     l.report.port_unavailable = Some(format!(
                         "port {} on {address} cannot be bound: Gateway {} already listens on {}:{}{other_group}",
@@ -65,6 +74,7 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                     address: *address,
                     group: g.group.clone(),
                     gateway: gateway.clone(),
+                    protocol: l.protocol,
                 })),
             }
         }

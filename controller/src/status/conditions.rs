@@ -97,6 +97,21 @@ pub struct ListenerReport {
     pub conflict: Option<Conflict>,
     /// Message when `allowedRoutes.kinds` names a kind we do not support.
     pub invalid_route_kinds: Option<String>,
+    /// HTTPS: the first certificateRef that did not resolve.
+    pub certificate_failure: Option<CertificateFailure>,
+    /// HTTPS without any usable certificate: routes attach, nothing is
+    /// served.
+    pub no_certificate: bool,
+}
+
+/// Why a listener's certificateRef does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateFailure {
+    /// Missing Secret, unsupported kind, or a certificate and key that do
+    /// not load together (`InvalidCertificateRef`).
+    Invalid(String),
+    /// Another namespace without a ReferenceGrant (`RefNotPermitted`).
+    RefNotPermitted(String),
 }
 
 impl ListenerReport {
@@ -108,13 +123,19 @@ impl ListenerReport {
             && !self.supported_kinds.is_empty()
     }
 
+    /// A usable listener the data plane can serve (HTTPS needs a
+    /// certificate).
+    pub fn is_served(&self) -> bool {
+        self.is_usable() && !self.no_certificate
+    }
+
     fn to_status(&self, ctx: ConditionContext<'_>, gateway_ok: bool) -> Value {
         let accepted = match (&self.unsupported_protocol, &self.port_unavailable) {
             (Some(msg), _) => ctx.condition("Accepted", false, "UnsupportedProtocol", msg),
             (None, Some(msg)) => ctx.condition("Accepted", false, "PortUnavailable", msg),
             (None, None) => ctx.condition("Accepted", true, "Accepted", "Listener is valid"),
         };
-        let programmed = if gateway_ok && self.is_usable() {
+        let programmed = if gateway_ok && self.is_served() {
             ctx.condition("Programmed", true, "Programmed", "Listener is bound")
         } else {
             ctx.condition(
@@ -124,9 +145,15 @@ impl ListenerReport {
                 "Listener is not bound: see its other conditions",
             )
         };
-        let resolved = match &self.invalid_route_kinds {
-            Some(msg) => ctx.condition("ResolvedRefs", false, "InvalidRouteKinds", msg),
-            None => ctx.condition(
+        let resolved = match (&self.certificate_failure, &self.invalid_route_kinds) {
+            (Some(CertificateFailure::Invalid(msg)), _) => {
+                ctx.condition("ResolvedRefs", false, "InvalidCertificateRef", msg)
+            }
+            (Some(CertificateFailure::RefNotPermitted(msg)), _) => {
+                ctx.condition("ResolvedRefs", false, "RefNotPermitted", msg)
+            }
+            (None, Some(msg)) => ctx.condition("ResolvedRefs", false, "InvalidRouteKinds", msg),
+            (None, None) => ctx.condition(
                 "ResolvedRefs",
                 true,
                 "ResolvedRefs",
@@ -197,7 +224,8 @@ pub fn gateway(
         ),
     };
     let gateway_ok = report.address_error.is_none();
-    let programmed = if gateway_ok && usable > 0 {
+    let served = report.listeners.iter().any(ListenerReport::is_served);
+    let programmed = if gateway_ok && served {
         ctx.condition("Programmed", true, "Programmed", "Gateway is programmed")
     } else if !gateway_ok {
         ctx.condition("Programmed", false, "AddressNotUsable", "No usable address")

@@ -7,8 +7,8 @@ pub mod conditions;
 use serde_json::Value;
 
 pub use conditions::{
-    BackendFailure, ConditionContext, Conflict, GatewayReport, ListenerReport, ParentRefReport,
-    RouteParentReport, RouteRejection,
+    BackendFailure, CertificateFailure, ConditionContext, Conflict, GatewayReport, ListenerReport,
+    ParentRefReport, RouteParentReport, RouteRejection,
 };
 
 /// The status of one object, as the controller would write it.

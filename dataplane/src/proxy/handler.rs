@@ -15,10 +15,8 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody};
-use crate::table::{
-    Found, InFlight, Lookup, Mirror, PortKey, RequestView, Table, Target, normalize_host,
-};
+use super::{Connection, Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody};
+use crate::table::{Found, InFlight, Lookup, Mirror, RequestView, Table, Target, normalize_host};
 use gatehouse_snapshot::UpstreamProtocol;
 
 /// Why a request was answered by the proxy itself.
@@ -33,6 +31,8 @@ pub enum ProxyError {
     Upstream,
     /// `timeouts.request` or `timeouts.backendRequest` expired.
     Timeout,
+    /// The Host selects another listener than the TLS SNI name did.
+    Misdirected,
 }
 
 impl ProxyError {
@@ -44,6 +44,7 @@ impl ProxyError {
             Self::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -57,6 +58,7 @@ impl ProxyError {
             Self::Connect => "connect",
             Self::Upstream => "upstream",
             Self::Timeout => "timeout",
+            Self::Misdirected => "misdirected",
         }
     }
 
@@ -76,22 +78,21 @@ impl Dataplane {
     /// returned as is so that no wrapping future copies this one.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        port: PortKey,
-        client: SocketAddr,
+        conn: Connection,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let table = self.table.load_full();
-        let found = find_route(&table, &port, &request);
+        let found = find_route(&table, &conn, &request);
         let (stats, result) = match found {
             Ok(found) => (
                 &found.rule.stats,
-                self.serve(&table, found, client, request).await,
+                self.serve(&table, found, &conn, request).await,
             ),
             Err(error) => (self.stats.no_route(), Err(error)),
         };
         let response = result.unwrap_or_else(|error| {
-            tracing::debug!(error = error.label(), %client, "answered locally");
+            tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
             error.response()
         });
         stats.record(response.status().as_u16(), started.elapsed());
@@ -104,15 +105,15 @@ impl Dataplane {
         self: &Arc<Self>,
         table: &Table,
         found: Found<'_>,
-        client: SocketAddr,
+        conn: &Connection,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
         if rule.filters.is_none() && rule.request_timeout.is_none() {
             let request = request.map(RequestBody::Client);
-            return self.forward(table, found, client, request).await;
+            return self.forward(table, found, conn, request).await;
         }
-        let filtered = Box::pin(self.filtered(table, found, client, request));
+        let filtered = Box::pin(self.filtered(table, found, conn, request));
         match rule.request_timeout {
             None => filtered.await,
             // Dropping the future on expiry cancels the upstream request.
@@ -127,7 +128,7 @@ impl Dataplane {
         self: &Arc<Self>,
         table: &Table,
         found: Found<'_>,
-        client: SocketAddr,
+        conn: &Connection,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let filters = found.rule.filters.as_deref();
@@ -136,9 +137,9 @@ impl Dataplane {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
-            request = self.mirror(table, &filters.mirrors, client, request);
+            request = self.mirror(table, &filters.mirrors, conn, request);
         }
-        let mut response = self.forward(table, found, client, request).await?;
+        let mut response = self.forward(table, found, conn, request).await?;
         if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(response.headers_mut());
         }
@@ -149,7 +150,7 @@ impl Dataplane {
         self: &Arc<Self>,
         table: &Table,
         found: Found<'_>,
-        client: SocketAddr,
+        conn: &Connection,
         mut request: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
@@ -161,7 +162,7 @@ impl Dataplane {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
-            request = self.mirror(table, &filters.mirrors, client, request);
+            request = self.mirror(table, &filters.mirrors, conn, request);
         }
         let cluster = match &backend.target {
             Target::Cluster(index) => table.cluster(*index),
@@ -175,7 +176,7 @@ impl Dataplane {
             .ok_or(ProxyError::NoEndpoints)?;
         let in_flight = endpoint.begin();
         let protocol = cluster.protocol;
-        let upstream_request = upstream_request(request, client, protocol)?;
+        let upstream_request = upstream_request(request, conn, protocol)?;
         let send = async {
             match protocol {
                 UpstreamProtocol::Http1 => self
@@ -227,7 +228,7 @@ impl Dataplane {
         self: &Arc<Self>,
         table: &Table,
         mirrors: &[Mirror],
-        client: SocketAddr,
+        conn: &Connection,
         request: Request<RequestBody>,
     ) -> Request<RequestBody> {
         let selected: Vec<&Mirror> = mirrors
@@ -250,7 +251,7 @@ impl Dataplane {
             *head.uri_mut() = parts.uri.clone();
             *head.version_mut() = parts.version;
             *head.headers_mut() = parts.headers.clone();
-            let Ok(copy) = upstream_request(head, client, cluster.protocol) else {
+            let Ok(copy) = upstream_request(head, conn, cluster.protocol) else {
                 continue;
             };
             tokio::spawn(send_mirror(
@@ -306,11 +307,14 @@ async fn send_mirror(
 /// The rule for a request, or why there is none.
 fn find_route<'t>(
     table: &'t Table,
-    port: &PortKey,
+    conn: &Connection,
     request: &Request<Incoming>,
 ) -> Result<Found<'t>, ProxyError> {
     let authority = client_authority(request)?;
     let host = normalize_host(authority).map_err(|_| ProxyError::BadRequest)?;
+    if let Some(sni) = &conn.sni {
+        check_sni(table, conn, sni, &host)?;
+    }
     let view = RequestView {
         host: &host,
         method: request.method(),
@@ -318,9 +322,25 @@ fn find_route<'t>(
         query: request.uri().query(),
         headers: request.headers(),
     };
-    match table.lookup(port, &view) {
+    match table.lookup(&conn.port, &view) {
         Lookup::Rule(found) => Ok(found),
         Lookup::NoPort | Lookup::NoListener | Lookup::NoRoute => Err(ProxyError::NoRoute),
+    }
+}
+
+/// Gateway API (`Listener.hostname` for HTTPS, and the conformance test
+/// HTTPRouteHTTPSListenerDetectMisdirectedRequests): a request whose Host
+/// selects another listener than the SNI name did is answered 421
+/// Misdirected Request (RFC 9110 §15.5.20), so a certificate for one
+/// hostname never fronts another listener's routes.
+fn check_sni(table: &Table, conn: &Connection, sni: &str, host: &str) -> Result<(), ProxyError> {
+    let Some(port) = table.port(&conn.port) else {
+        return Ok(());
+    };
+    let sni = normalize_host(sni).map_err(|_| ProxyError::BadRequest)?;
+    match (port.listener_position(&sni), port.listener_position(host)) {
+        (Some(by_sni), Some(by_host)) if by_sni != by_host => Err(ProxyError::Misdirected),
+        _ => Ok(()),
     }
 }
 
@@ -343,7 +363,7 @@ pub(super) fn client_authority<B>(request: &Request<B>) -> Result<&str, ProxyErr
 /// (`:authority`) and no Host.
 fn upstream_request<B>(
     request: Request<B>,
-    client: SocketAddr,
+    conn: &Connection,
     protocol: UpstreamProtocol,
 ) -> Result<Request<B>, ProxyError> {
     let uri_authority = request.uri().authority().cloned();
@@ -355,7 +375,12 @@ fn upstream_request<B>(
         None => host_authority(&parts.headers)?,
     };
     headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarding(&mut parts.headers, client.ip().to_canonical(), rand::random);
+    headers::add_forwarding(
+        &mut parts.headers,
+        conn.client.ip().to_canonical(),
+        if conn.tls { "https" } else { "http" },
+        rand::random,
+    );
     let path = parts
         .uri
         .path_and_query()

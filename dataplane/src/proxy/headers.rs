@@ -59,7 +59,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client address to X-Forwarded-For (joining earlier values
 /// into one list), sets X-Forwarded-Proto and keeps or makes X-Request-Id.
 /// Both new values share one allocation.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, request_id: impl FnOnce() -> u128) {
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    request_id: impl FnOnce() -> u128,
+) {
     let earlier: usize = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -77,7 +82,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, request_id: impl 
     if let Ok(value) = HeaderValue::from_maybe_shared(buffer.split().freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if needs_id {
         write_hex(&mut buffer, request_id());
         let value = HeaderValue::from_maybe_shared(buffer.freeze())
@@ -165,12 +170,14 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        add_forwarding(&mut h, [10, 0, 0, 1].into(), || 0xab);
+        add_forwarding(&mut h, [10, 0, 0, 1].into(), "http", || 0xab);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-request-id"], "000000000000000000000000000000ab");
         let mut h = map(&[("x-request-id", "abc")]);
-        add_forwarding(&mut h, [10, 0, 0, 1].into(), || panic!("not needed"));
+        add_forwarding(&mut h, [10, 0, 0, 1].into(), "https", || {
+            panic!("not needed")
+        });
         assert_eq!(h["x-request-id"], "abc");
     }
 
@@ -186,7 +193,7 @@ mod tests {
             ),
         ] {
             let mut h = HeaderMap::new();
-            add_forwarding(&mut h, ip, || u128::MAX);
+            add_forwarding(&mut h, ip, "http", || u128::MAX);
             assert_eq!(h["x-forwarded-for"], text);
             assert_eq!(h["x-request-id"], "ffffffffffffffffffffffffffffffff");
         }

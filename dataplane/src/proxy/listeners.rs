@@ -25,8 +25,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::Dataplane;
+use super::{Connection, Dataplane};
 use crate::table::PortKey;
+
+/// Longest a client may take to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pending connections the kernel may queue per port.
 const BACKLOG: u32 = 1024;
@@ -174,13 +177,10 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
-/// The client connection preface of HTTP/2 (RFC 9113 §3.4), which prior
-/// knowledge h2c clients send first.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Serves one connection as HTTP/1.1 or, when it opens with the HTTP/2
-/// preface, as h2c. Peeking decides without consuming, so the chosen
-/// protocol reads the socket directly instead of through a replay buffer.
+/// Serves one connection: over TLS when the port is HTTPS (the current
+/// table's certificates, so a rotation applies to the next handshake), then
+/// HTTP/2 or HTTP/1.1 by ALPN; in clear text HTTP/1.1 or, when it opens with
+/// the HTTP/2 preface, h2c.
 async fn serve(
     stream: TcpStream,
     port: PortKey,
@@ -190,7 +190,78 @@ async fn serve(
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |request| dataplane.clone().handle(port, client, request));
+    let tls = dataplane
+        .table
+        .load()
+        .port(&port)
+        .and_then(|p| p.tls.clone());
+    let Some(config) = tls else {
+        return serve_cleartext(stream, port, client, dataplane, builders, watcher, closing).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let stream = tokio::select! {
+        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%port, %client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%port, %client, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let connection = Connection {
+        port,
+        client,
+        tls: true,
+        sni: session.server_name().map(Arc::from),
+    };
+    let service = service_fn(move |request| dataplane.clone().handle(connection.clone(), request));
+    let io = TokioIo::new(stream);
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = if h2 {
+        watcher
+            .watch(builders.http2.serve_connection(io, service))
+            .await
+            .map_err(Into::into)
+    } else {
+        watcher
+            .watch(builders.http1.serve_connection(io, service))
+            .await
+            .map_err(Into::into)
+    };
+    if let Err(error) = result {
+        tracing::debug!(%port, %client, %error, "TLS connection ended with an error");
+    }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4), which prior
+/// knowledge h2c clients send first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1.1 or, when the connection opens with the HTTP/2 preface, h2c.
+/// Peeking decides without consuming, so the chosen protocol reads the
+/// socket directly instead of through a replay buffer.
+async fn serve_cleartext(
+    stream: TcpStream,
+    port: PortKey,
+    client: SocketAddr,
+    dataplane: Arc<Dataplane>,
+    builders: Arc<Builders>,
+    watcher: Watcher,
+    mut closing: watch::Receiver<bool>,
+) {
+    let connection = Connection {
+        port,
+        client,
+        tls: false,
+        sni: None,
+    };
+    let service = service_fn(move |request| dataplane.clone().handle(connection.clone(), request));
     let mut head = [0u8; H2_PREFACE.len()];
     let peeked = tokio::select! {
         peeked = stream.peek(&mut head) => match peeked {

@@ -29,6 +29,17 @@ use crate::{
 use listeners::Listeners;
 use upstream::Upstream;
 
+/// What the request path knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    /// The socket it was accepted on.
+    pub port: crate::table::PortKey,
+    pub client: std::net::SocketAddr,
+    pub tls: bool,
+    /// The SNI name of a TLS connection.
+    pub sni: Option<Arc<str>>,
+}
+
 /// Why a snapshot was not applied; the previous table keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -21,6 +21,7 @@ use super::{
     matching::{
         HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, ValueMatch, whole_value_regex,
     },
+    tls,
 };
 use crate::stats::StatsRegistry;
 
@@ -80,16 +81,15 @@ fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, 
     let bind_port =
         nonzero_port(port.bind_port).ok_or_else(|| err("bind_port", "out of range".into()))?;
     let logical = nonzero_port(port.port).ok_or_else(|| err("port", "out of range".into()))?;
-    match pb::Protocol::try_from(port.protocol) {
-        Ok(pb::Protocol::Http | pb::Protocol::Unspecified) => {}
+    let (scheme, tls) = match pb::Protocol::try_from(port.protocol) {
+        Ok(pb::Protocol::Http | pb::Protocol::Unspecified) => (Scheme::Http, None),
         Ok(pb::Protocol::Https) => {
-            return Err(err(
-                "protocol",
-                "HTTPS is not supported by this data plane yet".into(),
-            ));
+            let config = tls::server_config(port, &format!("ports[{i}]"))
+                .map_err(|(field, problem)| BuildError::new(object.clone(), field, problem))?;
+            (Scheme::Https, Some(config))
         }
         Err(_) => return Err(err("protocol", format!("unknown value {}", port.protocol))),
-    }
+    };
     let listeners = port
         .listeners
         .iter()
@@ -103,7 +103,8 @@ fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, 
         key,
         Port {
             port: logical,
-            scheme: Scheme::Http,
+            scheme,
+            tls,
             listeners,
         },
     ))

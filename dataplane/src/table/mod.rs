@@ -14,6 +14,7 @@ mod error;
 mod filters;
 mod host;
 mod matching;
+mod tls;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -61,6 +62,8 @@ pub struct Port {
     /// The port clients see.
     pub port: u16,
     pub scheme: Scheme,
+    /// HTTPS: the handshake config, certificates picked by SNI.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub listeners: Box<[Listener]>,
 }
 
@@ -168,6 +171,11 @@ impl Port {
     /// The first listener, in snapshot order, whose hostname matches.
     pub fn listener(&self, host: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.hostname.matches(host))
+    }
+
+    /// Position of [`Port::listener`]'s answer.
+    pub fn listener_position(&self, host: &str) -> Option<usize> {
+        self.listeners.iter().position(|l| l.hostname.matches(host))
     }
 }
 

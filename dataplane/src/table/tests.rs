@@ -45,6 +45,7 @@ fn listener(hostname: &str, hosts: Vec<pb::VirtualHost>) -> pb::Listener {
         origin: origin("Gateway", "gw", hostname),
         hostname: hostname.into(),
         hosts,
+        ..Default::default()
     }
 }
 
@@ -394,4 +395,48 @@ fn cluster_state_carries_over_by_name_and_endpoint() {
         &old.cluster(0).endpoints[1].in_flight,
         &new.cluster(0).endpoints[0].in_flight
     ));
+}
+
+fn certificate(names: &[&str]) -> pb::Certificate {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    pb::Certificate {
+        name: "ns/cert".into(),
+        chain_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+    }
+}
+
+fn https(certificates: Vec<pb::Certificate>) -> pb::Snapshot {
+    let mut s = snapshot(vec![listener("a.test", vec![])], 0);
+    s.ports[0].protocol = pb::Protocol::Https as i32;
+    s.ports[0].listeners[0].certificates = certificates;
+    s
+}
+
+#[test]
+fn an_https_port_builds_a_tls_config_from_its_listeners_certificates() {
+    let table = Table::build(Arc::new(https(vec![certificate(&["a.test"])]))).unwrap();
+    let port = table.port(&key()).unwrap();
+    assert_eq!(port.scheme, Scheme::Https);
+    let config = port.tls.as_ref().expect("a TLS config");
+    assert_eq!(
+        config.alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+}
+
+#[test]
+fn an_https_listener_without_a_usable_certificate_rejects_the_snapshot() {
+    let e = build_error(https(vec![]));
+    assert_eq!(e.field, "ports[0].listeners[0].certificates");
+    let mut broken = certificate(&["a.test"]);
+    broken.key_pem = certificate(&["a.test"]).key_pem;
+    let e = build_error(https(vec![broken]));
+    assert_eq!(e.field, "ports[0].listeners[0].certificates[0]");
+    assert!(e.problem.contains("not usable together"), "{}", e.problem);
 }

@@ -153,6 +153,7 @@ pub fn listener(hostname: &str, hosts: Vec<pb::VirtualHost>) -> pb::Listener {
         }),
         hostname: hostname.into(),
         hosts,
+        ..Default::default()
     }
 }
 
