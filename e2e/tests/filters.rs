@@ -460,3 +460,112 @@ async fn a_mirror_percentage_mirrors_its_share() {
     .await;
     assert!((140..=260).contains(&seen), "mirrored {seen} of {N} at 50%");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_preflights_and_decorates_allowed_requests() {
+    let a = Echo::start("a");
+    let cors = |prefix: &str, spec: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters:\n    - type: CORS\n      cors: {spec}\n    backendRefs: [{{name: svc-a, port: 80}}]\n"
+        )
+    };
+    let rules = [
+        cors(
+            "/listed",
+            r#"{allowOrigins: ["https://www.foo.com", "https://*.bar.com"], allowMethods: [GET, OPTIONS], allowHeaders: [x-header-1, x-header-2], exposeHeaders: [x-header-3], allowCredentials: true, maxAge: 3600}"#,
+        ),
+        cors(
+            "/wildcards",
+            r#"{allowOrigins: ["*"], allowMethods: ["*"], allowHeaders: ["*"]}"#,
+        ),
+    ]
+    .concat();
+    let gw = start(&[("svc-a", &a)], &[route("cors", "cors.test", &rules)]).await;
+    let client = HttpClient::new();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::method(method, &gw.url(80, path)).host(Some("cors.test"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        client.send(request)
+    };
+    let preflight = [
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "x-header-1"),
+    ];
+    for origin in [
+        "https://www.foo.com",
+        "https://www.bar.com",
+        "https://a.b.bar.com",
+    ] {
+        let headers = [&[("origin", origin)][..], &preflight[..]].concat();
+        let reply = send("OPTIONS", "/listed", &headers).await.unwrap();
+        assert_eq!(reply.status, 200, "{origin}");
+        assert!(reply.backend().is_none(), "a preflight is not forwarded");
+        assert_eq!(header(&reply, "access-control-allow-origin"), [origin]);
+        assert_eq!(
+            header(&reply, "access-control-allow-methods"),
+            ["GET, OPTIONS"]
+        );
+        assert_eq!(
+            header(&reply, "access-control-allow-headers"),
+            ["x-header-1, x-header-2"]
+        );
+        assert_eq!(
+            header(&reply, "access-control-expose-headers"),
+            ["x-header-3"]
+        );
+        assert_eq!(header(&reply, "access-control-max-age"), ["3600"]);
+        assert_eq!(header(&reply, "access-control-allow-credentials"), ["true"]);
+    }
+    // An origin that is not allowed: answered, without CORS headers.
+    let headers = [&[("origin", "https://foobar.com")][..], &preflight[..]].concat();
+    let refused = send("OPTIONS", "/listed", &headers).await.unwrap();
+    assert!(refused.backend().is_none());
+    assert!(header(&refused, "access-control-allow-origin").is_empty());
+    // Actual requests reach the backend; only allowed origins get headers.
+    let allowed = send("GET", "/listed", &[("origin", "https://www.foo.com")])
+        .await
+        .unwrap();
+    assert_eq!(allowed.backend(), Some("a"));
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin"),
+        ["https://www.foo.com"]
+    );
+    assert_eq!(
+        header(&allowed, "access-control-allow-credentials"),
+        ["true"]
+    );
+    assert_eq!(
+        header(&allowed, "access-control-expose-headers"),
+        ["x-header-3"]
+    );
+    let other = send("GET", "/listed", &[("origin", "https://foobar.com")])
+        .await
+        .unwrap();
+    assert_eq!(other.backend(), Some("a"));
+    assert!(header(&other, "access-control-allow-origin").is_empty());
+    // Wildcards: the requested method and headers are allowed, the origin is
+    // echoed, and there are no credentials.
+    let reply = send(
+        "OPTIONS",
+        "/wildcards",
+        &[
+            ("origin", "https://foobar.com:12345"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-a, x-b"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        header(&reply, "access-control-allow-origin"),
+        ["https://foobar.com:12345"]
+    );
+    assert_eq!(header(&reply, "access-control-allow-methods"), ["PUT"]);
+    assert_eq!(header(&reply, "access-control-allow-headers"), ["x-a, x-b"]);
+    assert!(header(&reply, "access-control-allow-credentials").is_empty());
+    // A plain OPTIONS without CORS headers is an ordinary request.
+    let plain = send("OPTIONS", "/wildcards", &[]).await.unwrap();
+    assert_eq!(plain.backend(), Some("a"));
+}

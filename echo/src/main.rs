@@ -12,6 +12,9 @@
 //! `--delay-ms` delays every answer; `--record` keeps the description of
 //! every request and serves them as a JSON array at `GET /__echo/recorded`,
 //! for backends (mirrors) whose answers nobody sees.
+//!
+//! A WebSocket upgrade (RFC 6455) is accepted; every text or binary message
+//! is sent back prefixed with the backend's name and ": ".
 
 use std::{collections::BTreeMap, convert::Infallible, io::Write, net::SocketAddr, sync::Arc};
 
@@ -98,7 +101,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl Echo {
-    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(accept) = websocket_accept(&req) {
+            let upgrade = hyper::upgrade::on(&mut req);
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    echo_websocket(name, upgraded).await;
+                }
+            });
+            return Response::builder()
+                .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .header("x-echo-name", &*self.name)
+                .body(Full::new(Bytes::new()))
+                .expect("static response parts are valid");
+        }
         if let Some(recorded) = &self.recorded
             && req.uri().path() == RECORDED_PATH
         {
@@ -171,6 +191,41 @@ impl Echo {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(description.to_string())))
             .expect("static response parts are valid")
+    }
+}
+
+/// The `Sec-WebSocket-Accept` answer to a WebSocket upgrade request.
+fn websocket_accept<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let upgrade = headers.get("upgrade")?.to_str().ok()?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let key = headers.get("sec-websocket-key")?;
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+async fn echo_websocket(name: Arc<str>, upgraded: hyper::upgrade::Upgraded) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        None,
+    )
+    .await;
+    while let Some(Ok(message)) = socket.next().await {
+        let reply = match message {
+            Message::Text(text) => Message::text(format!("{name}: {text}")),
+            Message::Binary(data) => {
+                Message::binary([format!("{name}: ").as_bytes(), &data].concat())
+            }
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
     }
 }
 

@@ -78,6 +78,8 @@ pub struct FilterContext<'s> {
     pub prefix_matches_only: bool,
     /// The rule has backendRefs (which RequestRedirect forbids).
     pub has_backends: bool,
+    /// Rule level (CORS is accepted there only).
+    pub rule_level: bool,
 }
 
 /// Checks a filter list and builds its model. `Err` is a message naming the
@@ -173,6 +175,16 @@ pub fn compile<T: serde::Serialize>(
                     }
                 }
             }
+            "CORS" if ctx.rule_level => {
+                once(model.filters.cors.is_some())?;
+                let spec = spec.cors.as_ref().ok_or_else(|| missing("cors"))?;
+                model.filters.cors = Some(cors(&format!("{field}.cors"), spec)?);
+            }
+            "CORS" => {
+                return Err(format!(
+                    "{field}: filter CORS is supported on rules, not on backendRefs"
+                ));
+            }
             other => {
                 return Err(format!("{field}: filter {other} is not supported yet"));
             }
@@ -197,6 +209,22 @@ struct FilterSpec {
     request_redirect: Option<RedirectSpec>,
     url_rewrite: Option<RewriteSpec>,
     request_mirror: Option<MirrorSpec>,
+    cors: Option<CorsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CorsSpec {
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    allow_credentials: Option<bool>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    max_age: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +443,76 @@ fn path_modifier(
         ));
     }
     Ok(Some(pb::PathModifier { path: Some(path) }))
+}
+
+/// HTTPCORSFilter: origins as the CRD's pattern allows (`*`, or
+/// `scheme://host[:port]` with at most one `*`), "*" never beside other
+/// entries, method names or "*", header names, `maxAge` >= 0 (default 5).
+fn cors(field: &str, spec: &CorsSpec) -> Result<pb::Cors, String> {
+    let alone = |key: &str, list: &[String]| {
+        if list.len() > 1 && list.iter().any(|v| v == "*") {
+            Err(format!(
+                "{field}.{key}: \"*\" cannot be listed with other values"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    alone("allowOrigins", &spec.allow_origins)?;
+    alone("allowMethods", &spec.allow_methods)?;
+    alone("allowHeaders", &spec.allow_headers)?;
+    for (i, origin) in spec.allow_origins.iter().enumerate() {
+        let valid = origin == "*"
+            || origin.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                    && !host.is_empty()
+                    && host.matches('*').count() <= 1
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:*[]".contains(&b))
+            });
+        if !valid {
+            return Err(format!(
+                "{field}.allowOrigins[{i}]: {origin:?} is not \"*\" or scheme://host[:port]"
+            ));
+        }
+    }
+    for (i, method) in spec.allow_methods.iter().enumerate() {
+        if method != "*" && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(format!(
+                "{field}.allowMethods[{i}]: {method:?} is not an upper-case method or \"*\""
+            ));
+        }
+    }
+    let names = |key: &str, list: &[String]| -> Result<Vec<String>, String> {
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| match name.as_str() {
+                "*" => Ok(name.clone()),
+                _ => header_name(&format!("{field}.{key}[{i}]"), name),
+            })
+            .collect()
+    };
+    let max_age = match spec.max_age {
+        None => 5,
+        Some(age) => u32::try_from(age)
+            .map_err(|_| format!("{field}.maxAge: {age} is not a number of seconds"))?,
+    };
+    Ok(pb::Cors {
+        allow_origins: spec
+            .allow_origins
+            .iter()
+            .map(|o| o.to_ascii_lowercase())
+            .collect(),
+        allow_credentials: spec.allow_credentials.unwrap_or(false),
+        allow_methods: spec.allow_methods.clone(),
+        allow_headers: names("allowHeaders", &spec.allow_headers)?,
+        expose_headers: names("exposeHeaders", &spec.expose_headers)?,
+        max_age_seconds: max_age,
+    })
 }
 
 fn mirror_fraction(field: &str, spec: &MirrorSpec) -> Result<(u32, u32), String> {

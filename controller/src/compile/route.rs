@@ -212,6 +212,7 @@ fn rule_model(
             route_ns,
             prefix_matches_only,
             has_backends: false,
+            rule_level: false,
         };
         let filters = filters::compile(
             &ctx,
@@ -234,6 +235,7 @@ fn rule_model(
         route_ns,
         prefix_matches_only,
         has_backends: !refs.is_empty(),
+        rule_level: true,
     };
     let model = filters::compile(
         &ctx,

@@ -44,6 +44,25 @@ pub fn apply_request<B>(
     Ok(None)
 }
 
+/// The gateway's answer to a CORS preflight: 200, no body, `headers`
+/// (none for an origin that is not allowed).
+pub fn preflight(headers: Vec<(http::HeaderName, HeaderValue)>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Local(Bytes::new().into()));
+    add_cors(response.headers_mut(), headers);
+    response
+}
+
+/// Adds CORS response headers; `Vary` is appended to the upstream's.
+pub fn add_cors(target: &mut http::HeaderMap, headers: Vec<(http::HeaderName, HeaderValue)>) {
+    for (name, value) in headers {
+        if name == header::VARY {
+            target.append(name, value);
+        } else {
+            target.insert(name, value);
+        }
+    }
+}
+
 /// Spec (`HTTPURLRewriteFilter`): `hostname` replaces the Host header value
 /// during forwarding; `path` replaces the path (the query is kept).
 fn apply_rewrite<B>(

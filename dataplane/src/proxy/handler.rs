@@ -15,8 +15,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{Connection, Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody};
-use crate::table::{Found, InFlight, Lookup, Mirror, RequestView, Table, Target, normalize_host};
+use super::{
+    Connection, Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody, upgrade,
+};
+use crate::table::{
+    CorsDecision, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, normalize_host,
+};
 use gatehouse_snapshot::UpstreamProtocol;
 
 /// Why a request was answered by the proxy itself.
@@ -133,7 +137,16 @@ impl Dataplane {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let filters = found.rule.filters.as_deref();
         let mut request = request.map(RequestBody::Client);
+        let mut cors = None;
         if let Some(filters) = filters {
+            if let Some(policy) = &filters.cors {
+                match policy.decide(request.method(), request.headers()) {
+                    CorsDecision::Preflight(headers) => return Ok(filters::preflight(headers)),
+                    CorsDecision::RefusedPreflight => return Ok(filters::preflight(Vec::new())),
+                    CorsDecision::Actual(headers) => cors = Some(headers),
+                    CorsDecision::NotCors => {}
+                }
+            }
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
@@ -142,6 +155,9 @@ impl Dataplane {
         let mut response = self.forward(table, found, conn, request).await?;
         if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(response.headers_mut());
+        }
+        if let Some(headers) = cors {
+            filters::add_cors(response.headers_mut(), headers);
         }
         Ok(response)
     }
@@ -175,9 +191,27 @@ impl Dataplane {
             .pick_endpoint(rand::random())
             .ok_or(ProxyError::NoEndpoints)?;
         let in_flight = endpoint.begin();
-        let protocol = cluster.protocol;
-        let upstream_request = upstream_request(request, conn, protocol)?;
+        let upgrade = upgrade::requested(&request).map(|protocol| {
+            let client_side = hyper::upgrade::on(&mut request);
+            (protocol, client_side)
+        });
+        // An upgrade always travels over HTTP/1.1, whatever the cluster speaks.
+        let protocol = match upgrade {
+            Some(_) => UpstreamProtocol::Http1,
+            None => cluster.protocol,
+        };
+        let mut upstream_request = upstream_request(request, conn, protocol)?;
+        if let Some((asked, _)) = &upgrade {
+            upgrade::restore(upstream_request.headers_mut(), asked);
+        }
         let send = async {
+            if upgrade.is_some() {
+                return self
+                    .upstream
+                    .send_upgrade(endpoint.address, upstream_request)
+                    .await
+                    .map(|response| (response, None));
+            }
             match protocol {
                 UpstreamProtocol::Http1 => self
                     .upstream
@@ -205,8 +239,26 @@ impl Dataplane {
                 super::upstream::UpstreamError::Request(_) => ProxyError::Upstream,
             }
         })?;
+        let (mut response, connection) = (response, connection);
+        let switched = match upgrade {
+            Some((asked, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(upgrade::tunnel(client_side, upstream_side));
+                Some(
+                    response
+                        .headers()
+                        .get(header::UPGRADE)
+                        .cloned()
+                        .unwrap_or(asked),
+                )
+            }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &switched {
+            upgrade::restore(&mut parts.headers, protocol);
+        }
         if let Some(modifier) = backend_filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(&mut parts.headers);
         }

@@ -6,7 +6,7 @@
 //! removed port stops accepting at once and its connections close after
 //! their in-flight requests finish.
 
-use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use hyper::{
     server::conn::{http1, http2},
@@ -229,8 +229,8 @@ async fn serve(
             .await
             .map_err(Into::into)
     } else {
-        watcher
-            .watch(builders.http1.serve_connection(io, service))
+        let connection = builders.http1.serve_connection(io, service).with_upgrades();
+        until_done(connection, |c| c.graceful_shutdown(), watcher, closing)
             .await
             .map_err(Into::into)
     };
@@ -284,16 +284,44 @@ async fn serve_cleartext(
             // Only part of what may be the preface has arrived; a peek would see
             // the same bytes again at once, so let the detecting builder read
             // the rest.
-            watcher
-                .watch(builders.auto.serve_connection(io, service))
-                .await
+            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            until_done(connection, |c| c.graceful_shutdown(), watcher, closing).await
         } else {
-            watcher
-                .watch(builders.http1.serve_connection(io, service))
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            until_done(connection, |c| c.graceful_shutdown(), watcher, closing)
                 .await
                 .map_err(Into::into)
         };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "connection ended with an error");
     }
+}
+
+/// Drives a connection that may switch protocols (HTTP/1.1 with upgrades),
+/// which hyper-util's graceful watcher cannot hold: `closing` starts its
+/// graceful shutdown instead, and holding `watcher` until it ends keeps the
+/// port's shutdown waiting for it all the same.
+async fn until_done<C, E>(
+    connection: C,
+    shutdown: fn(Pin<&mut C>),
+    watcher: Watcher,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    // The guard `wait_for` returns must not live across the await below.
+    let closed = async {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = closed => {
+            shutdown(connection.as_mut());
+            connection.await
+        }
+    };
+    drop(watcher);
+    result
 }

@@ -7,6 +7,7 @@ mod handler;
 mod headers;
 mod listeners;
 mod request_body;
+mod upgrade;
 mod upstream;
 
 use std::sync::{

@@ -193,6 +193,29 @@ impl Upstream {
             .map_err(|e| UpstreamError::Request(e.to_string()))
     }
 
+    /// Sends a request that asks to switch protocols (a WebSocket upgrade)
+    /// over a connection of its own: once switched, the connection belongs
+    /// to the tunnel, never to the pool.
+    pub async fn send_upgrade(
+        &self,
+        address: SocketAddr,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let stream = connect_tcp(address).await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%address, %error, "upgraded upstream connection ended");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| UpstreamError::Request(error_detail(&e)))
+    }
+
     /// Forgets the connections of endpoints no longer in `kept`. In-flight
     /// requests keep theirs until they end.
     pub fn retain(&self, kept: &HashSet<SocketAddr>) {

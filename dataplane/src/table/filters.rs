@@ -18,6 +18,136 @@ pub struct Filters {
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
     pub mirrors: Box<[Mirror]>,
+    pub cors: Option<Cors>,
+}
+
+/// `HTTPCORSFilter`, with its response header values prepared.
+#[derive(Debug)]
+pub struct Cors {
+    origins: Box<[OriginPattern]>,
+    credentials: bool,
+    methods: Allowed,
+    headers: Allowed,
+    expose: Option<HeaderValue>,
+    max_age: HeaderValue,
+}
+
+/// The allowed methods or headers of a preflight answer.
+#[derive(Debug)]
+enum Allowed {
+    /// Not listed: no header.
+    Nothing,
+    /// "*": whatever the preflight asks for.
+    Requested,
+    /// The list, joined.
+    These(HeaderValue),
+}
+
+impl Allowed {
+    fn value(&self, requested: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match self {
+            Self::Nothing => None,
+            Self::Requested => requested.cloned(),
+            Self::These(value) => Some(value.clone()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum OriginPattern {
+    Any,
+    Exact(Box<str>),
+    /// One `*` in the host: what precedes and what follows it.
+    Glob(Box<str>, Box<str>),
+}
+
+impl OriginPattern {
+    fn matches(&self, origin: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(exact) => exact.eq_ignore_ascii_case(origin),
+            Self::Glob(head, tail) => {
+                origin.len() > head.len() + tail.len()
+                    && origin
+                        .get(..head.len())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(head))
+                    && origin
+                        .get(origin.len() - tail.len()..)
+                        .is_some_and(|t| t.eq_ignore_ascii_case(tail))
+            }
+        }
+    }
+}
+
+/// What a CORS filter answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CorsDecision {
+    /// No Origin, or one not allowed: no CORS headers.
+    NotCors,
+    /// A preflight from an allowed origin: answer it with these headers.
+    Preflight(Vec<(HeaderName, HeaderValue)>),
+    /// A preflight from an origin that is not allowed: answer it, without
+    /// CORS headers, and never forward it.
+    RefusedPreflight,
+    /// An actual request from an allowed origin: forward it, then add these
+    /// headers to the response.
+    Actual(Vec<(HeaderName, HeaderValue)>),
+}
+
+impl Cors {
+    /// Fetch standard §3.2: a preflight is an OPTIONS request carrying
+    /// Origin and Access-Control-Request-Method. The allowed origin is
+    /// echoed (never "*", which credentials forbid and which hides which
+    /// origin was judged).
+    pub fn decide(&self, method: &http::Method, headers: &HeaderMap) -> CorsDecision {
+        use http::header::{
+            ACCESS_CONTROL_ALLOW_CREDENTIALS as CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+            ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+            ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+            ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+        };
+        let Some(origin) = headers.get(ORIGIN) else {
+            return CorsDecision::NotCors;
+        };
+        let preflight =
+            method == http::Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| self.origins.iter().any(|p| p.matches(o)));
+        if !allowed {
+            return match preflight {
+                true => CorsDecision::RefusedPreflight,
+                false => CorsDecision::NotCors,
+            };
+        }
+        let mut out = vec![
+            (ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+            (VARY, HeaderValue::from_static("Origin")),
+        ];
+        if self.credentials {
+            out.push((CREDENTIALS, HeaderValue::from_static("true")));
+        }
+        if let Some(expose) = &self.expose {
+            out.push((ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone()));
+        }
+        if !preflight {
+            return CorsDecision::Actual(out);
+        }
+        if let Some(methods) = self
+            .methods
+            .value(headers.get(ACCESS_CONTROL_REQUEST_METHOD))
+        {
+            out.push((ACCESS_CONTROL_ALLOW_METHODS, methods));
+        }
+        if let Some(allowed) = self
+            .headers
+            .value(headers.get(ACCESS_CONTROL_REQUEST_HEADERS))
+        {
+            out.push((ACCESS_CONTROL_ALLOW_HEADERS, allowed));
+        }
+        out.push((ACCESS_CONTROL_MAX_AGE, self.max_age.clone()));
+        CorsDecision::Preflight(out)
+    }
 }
 
 /// `HTTPHeaderFilter`: set, then add, then remove.
@@ -245,12 +375,59 @@ pub fn build(filters: &pb::Filters, cluster_count: usize) -> Result<Filters, (St
             "a redirect cannot be combined with a rewrite".into(),
         ));
     }
+    let cors = filters
+        .cors
+        .as_ref()
+        .map(|c| cors(c).map_err(|(f, p)| (format!("cors.{f}"), p)))
+        .transpose()?;
     Ok(Filters {
         request_headers,
         response_headers,
         redirect,
         rewrite,
         mirrors,
+        cors,
+    })
+}
+
+fn cors(c: &pb::Cors) -> Result<Cors, FieldError> {
+    let origins = c
+        .allow_origins
+        .iter()
+        .map(|o| match o.split_once('*') {
+            _ if o == "*" => OriginPattern::Any,
+            Some((head, tail)) => OriginPattern::Glob(head.into(), tail.into()),
+            None => OriginPattern::Exact(o.as_str().into()),
+        })
+        .collect();
+    let allowed = |key: &str, list: &[String], none: Allowed| -> Result<Allowed, FieldError> {
+        if list.is_empty() {
+            return Ok(none);
+        }
+        if list.iter().any(|v| v == "*") {
+            return Ok(Allowed::Requested);
+        }
+        HeaderValue::from_str(&list.join(", "))
+            .map(Allowed::These)
+            .map_err(|e| (key.to_owned(), e.to_string()))
+    };
+    Ok(Cors {
+        origins,
+        credentials: c.allow_credentials,
+        // No methods listed: the CORS-safelisted ones (Fetch §2.2.1).
+        methods: allowed(
+            "allow_methods",
+            &c.allow_methods,
+            Allowed::These(HeaderValue::from_static("GET, HEAD, POST")),
+        )?,
+        headers: allowed("allow_headers", &c.allow_headers, Allowed::Nothing)?,
+        expose: match allowed("expose_headers", &c.expose_headers, Allowed::Nothing)? {
+            Allowed::These(value) => Some(value),
+            // "*" exposes every header of a request without credentials.
+            Allowed::Requested => Some(HeaderValue::from_static("*")),
+            Allowed::Nothing => None,
+        },
+        max_age: HeaderValue::from(c.max_age_seconds),
     })
 }
 

@@ -21,7 +21,8 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 pub use backend::{Backend, Cluster, Endpoint, InFlight, Rule, Target};
 pub use error::BuildError;
 pub use filters::{
-    Filters, HeaderModifier, Mirror, PathRewrite, Redirect, RedirectRequest, Rewrite, Scheme,
+    CorsDecision, Filters, HeaderModifier, Mirror, PathRewrite, Redirect, RedirectRequest, Rewrite,
+    Scheme,
 };
 pub use gatehouse_snapshot::Snapshot;
 pub use host::{HostError, HostPattern, normalize_host};
