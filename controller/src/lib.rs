@@ -4,11 +4,15 @@
 //! `store` holds typed objects from any source (Kubernetes watches, manifest
 //! files); `compile` turns a store into snapshots and statuses without I/O;
 //! `serve` streams snapshots to data planes; `standalone` runs the whole
-//! pipeline from a directory of manifests.
+//! pipeline from a directory of manifests, `kubernetes` from watches of an
+//! API server, writing status back.
 
+pub mod admin;
 pub mod compile;
 pub mod k8s;
+pub mod kubernetes;
 pub mod manifest;
+pub mod runtime;
 pub mod serve;
 pub mod standalone;
 pub mod status;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use gatehouse_controller::{
     compile::{CompileOptions, compile},
+    kubernetes,
     standalone::{self, DirSource},
     status::StatusEntry,
 };
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run against a Kubernetes API server (in-cluster or KUBECONFIG).
+    Kubernetes(kubernetes::KubernetesArgs),
     /// Run from a directory of manifests, with data planes as child processes.
     Standalone(standalone::StandaloneArgs),
     /// Compile a directory of manifests once and print snapshots and statuses.
@@ -37,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Kubernetes(args) => kubernetes::run(args).await,
         Command::Standalone(args) => standalone::run(args).await,
         Command::Compile { dir } => print_compiled(dir),
     }

@@ -25,6 +25,7 @@ use hyper_util::{
 };
 use serde_json::Value;
 
+pub mod kube_lite;
 pub mod tls;
 
 /// Logical ports in test manifests are bound at port + this offset.

@@ -8,7 +8,6 @@
 //!
 //! The contract (flags, readiness, status output) is the one in DESIGN.md.
 
-mod admin;
 mod source;
 mod supervisor;
 
@@ -17,29 +16,24 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use anyhow::Context;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use notify::{RecursiveMode, Watcher};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-pub use admin::is_ready;
 pub use source::DirSource;
 pub use supervisor::Supervisor;
 
 use crate::{
+    admin,
     compile::{CompileOptions, Compiled, compile},
-    serve::{SnapshotHub, SnapshotServer},
+    runtime,
+    serve::SnapshotHub,
     status::{StatusEntry, carry_transition_times},
 };
-
-/// Quiet time after the last file event before a rescan, and the longest a
-/// burst of events can hold a rescan back.
-const DEBOUNCE_QUIET: Duration = Duration::from_millis(50);
-const DEBOUNCE_CAP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StandaloneArgs {
@@ -73,9 +67,9 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("manifest directory {}", args.dir.display()))?;
     let hub = SnapshotHub::new();
-    let grpc_addr = start_grpc(args.grpc, hub.clone()).await?;
+    let grpc_addr = runtime::start_grpc(args.grpc, hub.clone()).await?;
     let view = Arc::new(RwLock::new(admin::View::default()));
-    let admin_addr = start_admin(args.admin, hub.clone(), view.clone()).await?;
+    let admin_addr = runtime::start_admin(args.admin, hub.clone(), view.clone()).await?;
     info!(%grpc_addr, %admin_addr, dir = %dir.display(), "standalone controller started");
     // The readiness contract for scripts and tests that pass port 0.
     println!("admin listening on {admin_addr}");
@@ -116,7 +110,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         hub,
         view,
     };
-    let shutdown = shutdown_signal();
+    let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         cycle.run_once(supervisor.as_mut()).await;
@@ -125,7 +119,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 if woke.is_none() {
                     break;
                 }
-                debounce(&mut events).await;
+                runtime::debounce(&mut events).await;
             }
             _ = &mut shutdown => break,
         }
@@ -164,14 +158,14 @@ impl Cycle {
             mut statuses,
         } = compile(&store, &self.options);
         for status in &mut statuses {
-            let key = status_key(status);
+            let key = runtime::status_key(status);
             if let Some(previous) = self.previous.get(&key) {
                 carry_transition_times(previous, status);
             }
         }
         self.previous = statuses
             .iter()
-            .map(|s| (status_key(s), s.clone()))
+            .map(|s| (runtime::status_key(s), s.clone()))
             .collect();
         let groups: BTreeSet<String> = snapshots.keys().cloned().collect();
         for snapshot in snapshots.values() {
@@ -210,68 +204,6 @@ fn connected_nodes(hub: &SnapshotHub, groups: &BTreeSet<String>) -> Vec<(String,
         .collect()
 }
 
-fn status_key(status: &StatusEntry) -> (String, Option<String>, String) {
-    (
-        status.kind.clone(),
-        status.namespace.clone(),
-        status.name.clone(),
-    )
-}
-
-/// Waits until file events stop for `DEBOUNCE_QUIET`, at most `DEBOUNCE_CAP`.
-async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
-    let cap = tokio::time::sleep(DEBOUNCE_CAP);
-    tokio::pin!(cap);
-    loop {
-        tokio::select! {
-            _ = &mut cap => return,
-            more = tokio::time::timeout(DEBOUNCE_QUIET, events.recv()) => match more {
-                Ok(Some(())) => continue,
-                Ok(None) | Err(_) => return,
-            },
-        }
-    }
-}
-
-async fn start_grpc(addr: SocketAddr, hub: Arc<SnapshotHub>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the snapshot server on {addr}"))?;
-    let local = listener.local_addr()?;
-    let service = gatehouse_snapshot::snapshot_service_server::SnapshotServiceServer::new(
-        SnapshotServer::new(hub),
-    );
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(error) = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await
-        {
-            error!(%error, "snapshot server stopped");
-        }
-    });
-    Ok(local)
-}
-
-async fn start_admin(
-    addr: SocketAddr,
-    hub: Arc<SnapshotHub>,
-    view: Arc<RwLock<admin::View>>,
-) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))?;
-    let local = listener.local_addr()?;
-    let app = admin::router(admin::AdminState { hub, view });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            error!(%error, "admin listener stopped");
-        }
-    });
-    Ok(local)
-}
-
 fn dataplane_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
@@ -282,13 +214,4 @@ fn dataplane_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         warn!(path = %beside.display(), "no data plane binary beside the controller; pass --dataplane-bin");
     }
     Ok(beside)
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

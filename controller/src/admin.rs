@@ -1,7 +1,14 @@
-//! The standalone admin listener: readiness and the debug views.
+//! The admin listener of both modes: health, readiness, metrics and the
+//! debug views.
 //!
-//! - `GET /readyz`: 200 once every data plane has applied the latest snapshot
-//!   of its group (and the directory has been compiled at least once).
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once the configuration has been compiled at least
+//!   once (standalone: from the directory; Kubernetes: after every watch has
+//!   listed) and every expected data plane has applied its group's latest
+//!   snapshot (standalone expects its children; Kubernetes expects none, as
+//!   data planes scale on their own).
+//! - `GET /metrics`: Prometheus text: connected data planes per group, and
+//!   per data plane whether it serves its group's current version.
 //! - `GET /debug/status`: the Gateway API status of every object, as the
 //!   controller would write it in Kubernetes.
 //! - `GET /debug/snapshots`: the current snapshot of every group.
@@ -32,7 +39,9 @@ pub struct AdminState {
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/debug/status", get(debug_status))
         .route("/debug/snapshots", get(debug_snapshots))
         .route("/debug/nodes", get(debug_nodes))
@@ -76,6 +85,58 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             format!("not ready: {why}\n"),
         ),
     }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    use std::fmt::Write as _;
+    let nodes = state.hub.nodes();
+    let mut connected: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut out = String::from(
+        "# HELP gatehouse_dataplanes_connected Data planes with an open snapshot stream.\n\
+         # TYPE gatehouse_dataplanes_connected gauge\n",
+    );
+    for node in nodes.iter().filter(|n| n.connected) {
+        *connected.entry(&node.group).or_default() += 1;
+    }
+    for (group, count) in &connected {
+        let _ = writeln!(
+            out,
+            "gatehouse_dataplanes_connected{{group=\"{group}\"}} {count}"
+        );
+    }
+    out.push_str(
+        "# HELP gatehouse_dataplane_current 1 when the data plane serves its group's current snapshot.\n\
+         # TYPE gatehouse_dataplane_current gauge\n",
+    );
+    for node in nodes.iter().filter(|n| n.connected) {
+        let current = state.hub.current_version(&node.group);
+        let up = u8::from(current.as_deref() == Some(node.applied_version.as_str()));
+        let _ = writeln!(
+            out,
+            "gatehouse_dataplane_current{{group=\"{}\",node=\"{}\",version=\"{}\"}} {up}",
+            node.group, node.node_id, node.applied_version
+        );
+    }
+    out.push_str(
+        "# HELP gatehouse_dataplane_rejections Snapshots a data plane rejected (NACK), by last version.\n\
+         # TYPE gatehouse_dataplane_rejections gauge\n",
+    );
+    for node in &nodes {
+        if let Some((version, _)) = &node.last_nack {
+            let _ = writeln!(
+                out,
+                "gatehouse_dataplane_rejections{{group=\"{}\",node=\"{}\",version=\"{version}\"}} 1",
+                node.group, node.node_id
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }
 
 async fn debug_status(State(state): State<AdminState>) -> Json<Value> {

@@ -1,0 +1,333 @@
+//! Kubernetes mode: the same pipeline as standalone, fed by watches and
+//! writing status to the API server.
+//!
+//! ```text
+//! watchers (one per kind) --changes--> Store --compile--> snapshots --hub/gRPC--> data planes
+//!                                                 \--> statuses --leader only--> status subresource
+//! ```
+//!
+//! Nothing is compiled before every watcher has listed once, so a start never
+//! publishes a partial configuration. Every replica watches, compiles and
+//! serves snapshots; only the holder of the Lease writes status.
+
+mod lease;
+mod status_writer;
+mod watch;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use k8s_openapi::jiff::{Timestamp, Unit};
+use kube::runtime::watcher;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::{
+    admin,
+    compile::{CompileOptions, Compiled, compile},
+    k8s::{
+        EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service,
+    },
+    runtime,
+    serve::SnapshotHub,
+    status::{StatusEntry, carry_transition_times},
+    store::{Kind, Object, Store},
+};
+use watch::Change;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubernetesArgs {
+    /// Address of the snapshot gRPC server data planes connect to.
+    #[arg(long, default_value = "0.0.0.0:18000")]
+    pub grpc: SocketAddr,
+    /// Admin listener: /healthz, /readyz, /metrics, /debug/*.
+    #[arg(long, default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+    /// Listener port P is bound at P + N in data plane pods (so that port
+    /// 80 needs no privilege); the data plane Service maps P to P + N.
+    #[arg(long, default_value_t = 0)]
+    pub port_offset: u16,
+    /// Address Gateway listeners bind when a Gateway has no spec.addresses.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, default_value = "gatehouse-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (unique per replica).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease holder may go without renewing before another
+    /// replica takes over.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+}
+
+/// Quiet time after the last change before a compile, and the longest a
+/// burst of changes can hold a compile back.
+const BURST_QUIET: Duration = Duration::from_millis(50);
+const BURST_CAP: Duration = Duration::from_millis(500);
+
+/// The kinds watched, each listed before the first compile.
+const WATCHED: [Kind; 8] = [
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::ReferenceGrant,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Namespace,
+    Kind::Secret,
+];
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let hub = SnapshotHub::new();
+    let grpc_addr = runtime::start_grpc(args.grpc, hub.clone()).await?;
+    let view = Arc::new(RwLock::new(admin::View::default()));
+    let admin_addr = runtime::start_admin(args.admin, hub.clone(), view.clone()).await?;
+    info!(%grpc_addr, %admin_addr, "kubernetes controller started");
+    println!("admin listening on {admin_addr}");
+    println!("snapshot server listening on {grpc_addr}");
+
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    spawn_watchers(&client, &changes_tx);
+    drop(changes_tx);
+
+    let leader = Arc::new(AtomicBool::new(false));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("gatehouse-{}", std::process::id()));
+    lease::spawn(
+        client.clone(),
+        lease::LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity,
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            renew: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+        },
+        leader.clone(),
+    );
+
+    let mut state = Loop {
+        store: Store::new(),
+        listed: BTreeSet::new(),
+        options: CompileOptions {
+            port_offset: args.port_offset,
+            listen_address: args.listen_address,
+            ..Default::default()
+        },
+        previous: BTreeMap::new(),
+        hub,
+        view,
+        writer: status_writer::StatusWriter::new(client),
+        leader,
+        was_leader: false,
+        statuses: Vec::new(),
+    };
+    let shutdown = runtime::shutdown_signal();
+    tokio::pin!(shutdown);
+    // Leadership and data plane answers change what must be written even
+    // when no object changed.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else { break };
+                state.apply(change);
+                // A burst of changes (a relist, kubectl apply of many
+                // files) makes one compile.
+                let cap = tokio::time::sleep(BURST_CAP);
+                tokio::pin!(cap);
+                loop {
+                    tokio::select! {
+                        _ = &mut cap => break,
+                        more = tokio::time::timeout(BURST_QUIET, changes.recv()) => match more {
+                            Ok(Some(more)) => state.apply(more),
+                            Ok(None) | Err(_) => break,
+                        },
+                    }
+                }
+                state.compile_and_publish().await;
+            }
+            _ = tick.tick() => state.write_statuses().await,
+            _ = &mut shutdown => break,
+        }
+    }
+    info!("stopping");
+    Ok(())
+}
+
+fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
+    let all = watcher::Config::default;
+    watch::spawn::<GatewayClass>(
+        client.clone(),
+        Kind::GatewayClass,
+        all(),
+        None,
+        |o| Object::GatewayClass(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<Gateway>(
+        client.clone(),
+        Kind::Gateway,
+        all(),
+        None,
+        |o| Object::Gateway(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<HttpRoute>(
+        client.clone(),
+        Kind::HttpRoute,
+        all(),
+        None,
+        |o| Object::HttpRoute(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<ReferenceGrant>(
+        client.clone(),
+        Kind::ReferenceGrant,
+        all(),
+        None,
+        |o| Object::ReferenceGrant(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<Service>(
+        client.clone(),
+        Kind::Service,
+        all(),
+        None,
+        |o| Object::Service(Box::new(o)),
+        tx.clone(),
+    );
+    // Only slices that belong to a Service can back a route.
+    watch::spawn::<EndpointSlice>(
+        client.clone(),
+        Kind::EndpointSlice,
+        all().labels(crate::k8s::SERVICE_NAME_LABEL),
+        None,
+        |o| Object::EndpointSlice(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<Namespace>(
+        client.clone(),
+        Kind::Namespace,
+        all(),
+        None,
+        |o| Object::Namespace(Box::new(o)),
+        tx.clone(),
+    );
+    // Only TLS Secrets can be listener certificates: no other Secret is
+    // ever read or held in memory.
+    watch::spawn::<Secret>(
+        client.clone(),
+        Kind::Secret,
+        all(),
+        Some(watch::Filter {
+            fields: "type=kubernetes.io/tls",
+            keep: |s: &Secret| s.type_.as_deref() == Some("kubernetes.io/tls"),
+        }),
+        |o| Object::Secret(Box::new(o)),
+        tx.clone(),
+    );
+}
+
+struct Loop {
+    store: Store,
+    listed: BTreeSet<Kind>,
+    options: CompileOptions,
+    previous: BTreeMap<(String, Option<String>, String), StatusEntry>,
+    hub: Arc<SnapshotHub>,
+    view: Arc<RwLock<admin::View>>,
+    writer: status_writer::StatusWriter,
+    leader: Arc<AtomicBool>,
+    was_leader: bool,
+    statuses: Vec<StatusEntry>,
+}
+
+impl Loop {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Listed(kind, objects) => {
+                let stale: Vec<_> = self.store.of_kind(kind).map(Object::key).collect();
+                for key in stale {
+                    self.store.remove(&key);
+                }
+                for object in objects {
+                    self.store.insert(object);
+                }
+                self.listed.insert(kind);
+            }
+            Change::Applied(object) => {
+                self.store.insert(object);
+            }
+            Change::Deleted(key) => {
+                self.store.remove(&key);
+            }
+        }
+    }
+
+    async fn compile_and_publish(&mut self) {
+        if let Some(missing) = WATCHED.iter().find(|k| !self.listed.contains(k)) {
+            tracing::debug!(%missing, "waiting for every watch to list before compiling");
+            return;
+        }
+        let now = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or(Timestamp::now());
+        self.options.now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let Compiled {
+            snapshots,
+            mut statuses,
+        } = compile(&self.store, &self.options);
+        for status in &mut statuses {
+            if let Some(previous) = self.previous.get(&runtime::status_key(status)) {
+                carry_transition_times(previous, status);
+            }
+        }
+        self.previous = statuses
+            .iter()
+            .map(|s| (runtime::status_key(s), s.clone()))
+            .collect();
+        for snapshot in snapshots.values() {
+            info!(group = %snapshot.group, version = %snapshot.version, "compiled");
+        }
+        {
+            let mut view = self.view.write().expect("view lock");
+            view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
+            view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
+            view.compiled = true;
+        }
+        self.hub.publish(&snapshots);
+        self.statuses = statuses;
+        self.write_statuses().await;
+    }
+
+    /// Writes status when this replica leads; a replica that just became
+    /// leader rewrites everything another leader may have left behind.
+    async fn write_statuses(&mut self) {
+        let leading = self.leader.load(Ordering::SeqCst);
+        if leading && !self.was_leader {
+            self.writer.forget();
+        }
+        self.was_leader = leading;
+        if leading && self.view.read().expect("view lock").compiled {
+            self.writer.write(&self.statuses).await;
+        }
+    }
+}

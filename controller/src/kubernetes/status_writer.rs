@@ -1,0 +1,233 @@
+//! Writes compiled statuses through the status subresource.
+//!
+//! - A write is a read-modify-write carrying the object's resourceVersion;
+//!   a conflict (409) re-reads and retries, so a concurrent writer is never
+//!   overwritten blindly.
+//! - An HTTPRoute's `status.parents` is shared with other controllers: only
+//!   entries whose `controllerName` is ours are replaced; a route we no
+//!   longer parent loses only our entries.
+//! - `lastTransitionTime` is carried over from the cluster's copy while a
+//!   condition keeps its status, so an unchanged status compares equal and
+//!   is not written (no write when nothing changed).
+//! - What was last written is remembered; an unchanged entry costs no
+//!   request at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::{Api, Client, Resource, api::PostParams};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::compile::CONTROLLER_NAME;
+use crate::k8s::{Gateway, GatewayClass, HttpRoute};
+use crate::status::{StatusEntry, carry_transition_times};
+
+type Key = (String, Option<String>, String);
+
+/// Attempts per object when writes conflict.
+const ATTEMPTS: usize = 5;
+
+pub struct StatusWriter {
+    client: Client,
+    /// Our part of each status as last written (times included).
+    written: BTreeMap<Key, Value>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            written: BTreeMap::new(),
+        }
+    }
+
+    /// Forgets what was written, e.g. after leadership was regained: another
+    /// leader may have written since.
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
+    /// Writes every entry that differs from what was last written, and takes
+    /// our parents off routes that no longer have an entry.
+    pub async fn write(&mut self, entries: &[StatusEntry]) {
+        let wanted: BTreeSet<Key> = entries.iter().map(key).collect();
+        let stale: Vec<Key> = self
+            .written
+            .keys()
+            .filter(|k| k.0 == "HTTPRoute" && !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            let entry = StatusEntry {
+                api_version: String::new(),
+                kind: k.0.clone(),
+                namespace: k.1.clone(),
+                name: k.2.clone(),
+                generation: 0,
+                status: serde_json::json!({ "parents": [] }),
+            };
+            if self.write_one(&entry).await {
+                self.written.remove(&k);
+            }
+        }
+        for entry in entries {
+            let unchanged = self
+                .written
+                .get(&key(entry))
+                .is_some_and(|last| same_ignoring_times(last, &entry.status));
+            if unchanged {
+                continue;
+            }
+            if self.write_one(entry).await {
+                self.written.insert(key(entry), entry.status.clone());
+            }
+        }
+    }
+
+    /// True when the cluster now holds the entry.
+    async fn write_one(&self, entry: &StatusEntry) -> bool {
+        let ns = entry.namespace.as_deref();
+        let result = match entry.kind.as_str() {
+            "GatewayClass" => {
+                write::<GatewayClass>(Api::all(self.client.clone()), entry, false).await
+            }
+            "Gateway" => write::<Gateway>(namespaced(&self.client, ns), entry, false).await,
+            "HTTPRoute" => write::<HttpRoute>(namespaced(&self.client, ns), entry, true).await,
+            other => {
+                debug!(kind = other, "no status writer for this kind");
+                return true;
+            }
+        };
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(kind = %entry.kind, name = %entry.name, %error, "status not written");
+                false
+            }
+        }
+    }
+}
+
+fn namespaced<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+    client: &Client,
+    ns: Option<&str>,
+) -> Api<K>
+where
+    K::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), ns.unwrap_or("default"))
+}
+
+fn key(entry: &StatusEntry) -> Key {
+    crate::runtime::status_key(entry)
+}
+
+/// Read, merge, compare, replace; again on a conflict.
+async fn write<K>(api: Api<K>, entry: &StatusEntry, shared_parents: bool) -> anyhow::Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..ATTEMPTS {
+        let current = match api.get_status(&entry.name).await {
+            Ok(current) => current,
+            // Deleted meanwhile: nothing to write.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut object = serde_json::to_value(&current)?;
+        let cluster_status = object.get("status").cloned().unwrap_or(Value::Null);
+        let mut desired = entry.clone();
+        if shared_parents {
+            desired.status = merge_parents(&cluster_status, &entry.status);
+        }
+        let previous = StatusEntry {
+            status: cluster_status.clone(),
+            ..entry.clone()
+        };
+        carry_transition_times(&previous, &mut desired);
+        if desired.status == cluster_status {
+            return Ok(());
+        }
+        object["status"] = desired.status;
+        let updated: K = serde_json::from_value(object)?;
+        match api
+            .replace_status(&entry.name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("gave up after {ATTEMPTS} conflicting writes")
+}
+
+/// The cluster's parents of other controllers, then ours.
+fn merge_parents(cluster: &Value, ours: &Value) -> Value {
+    let foreign = cluster["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+        .cloned();
+    let mine = ours["parents"].as_array().into_iter().flatten().cloned();
+    let mut merged = match cluster {
+        Value::Object(map) => Value::Object(map.clone()),
+        _ => serde_json::json!({}),
+    };
+    merged["parents"] = Value::Array(foreign.chain(mine).collect());
+    merged
+}
+
+/// Equal once every `lastTransitionTime` is set aside.
+fn same_ignoring_times(a: &Value, b: &Value) -> bool {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(k, _)| *k != "lastTransitionTime")
+                    .map(|(k, v)| (k.clone(), strip(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_our_route_parents_are_replaced() {
+        let cluster = json!({"parents": [
+            {"controllerName": "example.com/other", "parentRef": {"name": "theirs"}},
+            {"controllerName": CONTROLLER_NAME, "parentRef": {"name": "old"}},
+        ]});
+        let ours = json!({"parents": [
+            {"controllerName": CONTROLLER_NAME, "parentRef": {"name": "gw"}},
+        ]});
+        let merged = merge_parents(&cluster, &ours);
+        let names: Vec<&str> = merged["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["parentRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["theirs", "gw"]);
+    }
+
+    #[test]
+    fn transition_times_do_not_make_a_status_differ() {
+        let a = json!({"conditions": [{"type": "Accepted", "lastTransitionTime": "1"}]});
+        let b = json!({"conditions": [{"type": "Accepted", "lastTransitionTime": "2"}]});
+        let c = json!({"conditions": [{"type": "Accepted", "status": "False"}]});
+        assert!(same_ignoring_times(&a, &b));
+        assert!(!same_ignoring_times(&a, &c));
+    }
+}
