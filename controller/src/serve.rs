@@ -101,6 +101,23 @@ impl SnapshotHub {
             .collect()
     }
 
+    /// Per group, a connected data plane that rejected the group's current
+    /// snapshot: (node id, its reason).
+    pub fn rejections(&self) -> BTreeMap<String, (String, String)> {
+        let mut out = BTreeMap::new();
+        for node in self.nodes() {
+            let current = self.current_version(&node.group);
+            if let (true, Some((version, reason))) = (node.connected, &node.last_nack)
+                && current.as_deref() == Some(version.as_str())
+                && node.applied_version != *version
+            {
+                out.entry(node.group.clone())
+                    .or_insert_with(|| (node.node_id.clone(), reason.clone()));
+            }
+        }
+        out
+    }
+
     pub fn node(&self, node_id: &str) -> Option<NodeState> {
         self.nodes.lock().expect("hub lock").get(node_id).cloned()
     }

@@ -190,6 +190,43 @@ async fn status_is_written_and_traffic_follows_the_cluster() {
     .await;
     assert_eq!(reply.backend(), Some("k8s-a"));
 
+    // The group's data plane Service gives the Gateway its address.
+    kube.apply_str(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: gatehouse-dataplane-default
+  namespace: default
+  labels: {app.kubernetes.io/component: dataplane, gatehouse.dev/cluster-group: default}
+spec:
+  ports: [{name: http, port: 80, targetPort: 20080}]
+"#,
+    )
+    .unwrap();
+    let dataplane_service = kube
+        .get_json(&[
+            "service",
+            "gatehouse-dataplane-default",
+            "--namespace",
+            "default",
+        ])
+        .unwrap();
+    let cluster_ip = dataplane_service["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(30), || async {
+        let gw = kube.get_json(&["gateway", "gw", "--namespace", "default"])?;
+        let addresses = &gw["status"]["addresses"];
+        anyhow::ensure!(
+            *addresses == serde_json::json!([{"type": "IPAddress", "value": cluster_ip}]),
+            "addresses {addresses}"
+        );
+        Ok(())
+    })
+    .await;
+
     // An EndpointSlice update moves traffic to the new endpoint.
     let moved = Echo::start("k8s-b");
     kube.apply_str(&service(moved.port())).unwrap();

@@ -173,3 +173,77 @@ async fn gateway_listener_and_route_conditions() {
         "NotAllowedByListeners",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_snapshot_turns_the_gateway_not_programmed_with_the_reason() {
+    use std::time::Duration;
+    let a = Echo::start("a");
+    let address = gatehouse_e2e::unique_loopback();
+    // Another process holds the Gateway's port: the data plane cannot bind
+    // it and rejects the snapshot.
+    let squatter = std::net::TcpListener::bind((address, 80 + gatehouse_e2e::PORT_OFFSET)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("gateway.yaml", GATEWAY.to_string()),
+        (
+            "service.yaml",
+            manifests::service("default", "svc-a", &[a.port()]),
+        ),
+        (
+            "route.yaml",
+            route("web", "default", "{name: gw}", "[app.example.com]"),
+        ),
+    ];
+    for (name, content) in &files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let gw = Standalone::start_in(
+        dir,
+        gatehouse_e2e::StandaloneOptions {
+            no_dataplanes: false,
+            grpc: None,
+            address: Some(address),
+        },
+    );
+    let programmed =
+        |status: &Value| condition(&status["status"]["conditions"], "Programmed").clone();
+    let rejected = gatehouse_e2e::eventually(Duration::from_secs(30), || async {
+        let status = gw.status_of("Gateway", "default/gw").await;
+        let found = status.as_ref().map(programmed);
+        match found {
+            Some(c) if c["status"] == "False" => Ok(c),
+            other => anyhow::bail!("not rejected yet: {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(rejected["reason"], "Invalid");
+    let message = rejected["message"].as_str().unwrap();
+    assert!(
+        message.contains("rejected the configuration") && message.contains("binding"),
+        "{message}"
+    );
+    // The port is free again and the next change applies.
+    drop(squatter);
+    gw.write(
+        "route.yaml",
+        &route(
+            "web",
+            "default",
+            "{name: gw}",
+            "[app.example.com, www.example.com]",
+        ),
+    );
+    gw.wait_ready().await;
+    let status = gw.status_of("Gateway", "default/gw").await.unwrap();
+    let now = programmed(&status);
+    assert_eq!(
+        (now["status"].as_str(), now["reason"].as_str()),
+        (Some("True"), Some("Programmed"))
+    );
+    assert!(
+        now["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster group \"default\"")
+    );
+}

@@ -53,6 +53,10 @@ pub struct CompileOptions {
     pub listen_address: IpAddr,
     /// RFC 3339 time stamped on conditions as `lastTransitionTime`.
     pub now: String,
+    /// Per cluster group, the (type, value) addresses clients reach its data
+    /// planes at (Kubernetes: the group's Service). A group missing here
+    /// reports the addresses its Gateways bind.
+    pub group_addresses: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Default for CompileOptions {
@@ -61,6 +65,7 @@ impl Default for CompileOptions {
             port_offset: 0,
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             now: "1970-01-01T00:00:00Z".into(),
+            group_addresses: BTreeMap::new(),
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct Compiled {
     pub snapshots: BTreeMap<String, Snapshot>,
     /// Sorted by (kind, namespace, name).
     pub statuses: Vec<StatusEntry>,
+    /// The cluster group of each of our Gateways, by (namespace, name).
+    pub gateway_groups: BTreeMap<(String, String), String>,
 }
 
 /// Compiles a store into snapshots and statuses.
@@ -158,11 +165,15 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
     let attached = attached_routes(&attachments);
     for (gi, g) in gateways.iter().enumerate() {
         let report = GatewayReport {
-            addresses: g
-                .addresses
-                .as_ref()
-                .map(|a| a.iter().map(IpAddr::to_string).collect())
-                .unwrap_or_default(),
+            group: g.group.clone(),
+            addresses: match (options.group_addresses.get(&g.group), &g.addresses) {
+                (_, Err(_)) => Vec::new(),
+                (Some(service), Ok(_)) => service.clone(),
+                (None, Ok(bound)) => bound
+                    .iter()
+                    .map(|a| ("IPAddress".to_owned(), a.to_string()))
+                    .collect(),
+            },
             address_error: g.addresses.as_ref().err().cloned(),
             listeners: g
                 .listeners
@@ -200,9 +211,14 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
     }
     statuses
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
+    let gateway_groups = gateways
+        .iter()
+        .map(|g| ((g.namespace.clone(), g.name.clone()), g.group.clone()))
+        .collect();
     Compiled {
         snapshots,
         statuses,
+        gateway_groups,
     }
 }
 

@@ -38,7 +38,7 @@ use crate::{
     },
     runtime,
     serve::SnapshotHub,
-    status::{StatusEntry, carry_transition_times},
+    status::{self, StatusEntry, carry_transition_times},
     store::{Kind, Object, Store},
 };
 use watch::Change;
@@ -139,6 +139,9 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
         leader,
         was_leader: false,
         statuses: Vec::new(),
+        gateway_groups: BTreeMap::new(),
+        compiled: false,
+        namespace: args.lease_namespace.clone(),
     };
     let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -257,7 +260,56 @@ struct Loop {
     writer: status_writer::StatusWriter,
     leader: Arc<AtomicBool>,
     was_leader: bool,
+    /// As compiled, before the data planes' rejections.
     statuses: Vec<StatusEntry>,
+    gateway_groups: BTreeMap<(String, String), String>,
+    compiled: bool,
+    /// Where the data plane Services live (the controller's namespace).
+    namespace: String,
+}
+
+/// Label of the data plane Services (with the cluster group label).
+pub const DATAPLANE_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "dataplane");
+
+/// Per group, the addresses of its data plane Service in `namespace`: the
+/// load balancer's ingress IPs and hostnames once it has them, else the
+/// cluster IP. The Gateways of the group report them in `status.addresses`.
+fn group_addresses(store: &Store, namespace: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for service in store.services() {
+        let meta = &service.metadata;
+        let labels = meta.labels.clone().unwrap_or_default();
+        let Some(group) = labels.get(crate::compile::CLUSTER_GROUP_LABEL) else {
+            continue;
+        };
+        if meta.namespace.as_deref() != Some(namespace)
+            || labels.get(DATAPLANE_COMPONENT.0).map(String::as_str) != Some(DATAPLANE_COMPONENT.1)
+        {
+            continue;
+        }
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        let mut addresses: Vec<(String, String)> = ingress
+            .into_iter()
+            .flatten()
+            .flat_map(|i| {
+                let ip = i.ip.clone().map(|ip| ("IPAddress".to_owned(), ip));
+                let host = i.hostname.clone().map(|h| ("Hostname".to_owned(), h));
+                ip.into_iter().chain(host)
+            })
+            .collect();
+        if addresses.is_empty()
+            && let Some(ip) = service.spec.as_ref().and_then(|s| s.cluster_ip.clone())
+            && ip != "None"
+        {
+            addresses.push(("IPAddress".to_owned(), ip));
+        }
+        out.entry(group.clone()).or_default().extend(addresses);
+    }
+    out
 }
 
 impl Loop {
@@ -291,9 +343,11 @@ impl Loop {
             .round(Unit::Second)
             .unwrap_or(Timestamp::now());
         self.options.now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        self.options.group_addresses = group_addresses(&self.store, &self.namespace);
         let Compiled {
             snapshots,
             mut statuses,
+            gateway_groups,
         } = compile(&self.store, &self.options);
         for status in &mut statuses {
             if let Some(previous) = self.previous.get(&runtime::status_key(status)) {
@@ -309,25 +363,46 @@ impl Loop {
         }
         {
             let mut view = self.view.write().expect("view lock");
-            view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
             view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
-            view.compiled = true;
         }
         self.hub.publish(&snapshots);
         self.statuses = statuses;
+        self.gateway_groups = gateway_groups;
+        self.compiled = true;
         self.write_statuses().await;
     }
 
-    /// Writes status when this replica leads; a replica that just became
-    /// leader rewrites everything another leader may have left behind.
+    /// Brings the view up to date and, when this replica leads, the
+    /// cluster: the compiled statuses with the data planes' rejections on
+    /// top. A replica that just became leader rewrites everything another
+    /// leader may have left behind.
     async fn write_statuses(&mut self) {
+        if !self.compiled {
+            return;
+        }
+        let now = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or(Timestamp::now())
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let statuses = status::with_rejections(
+            &self.statuses,
+            &self.gateway_groups,
+            &self.hub.rejections(),
+            &now,
+        );
+        {
+            let mut view = self.view.write().expect("view lock");
+            view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
+            view.compiled = true;
+        }
         let leading = self.leader.load(Ordering::SeqCst);
         if leading && !self.was_leader {
             self.writer.forget();
         }
         self.was_leader = leading;
-        if leading && self.view.read().expect("view lock").compiled {
-            self.writer.write(&self.statuses).await;
+        if leading {
+            self.writer.write(&statuses).await;
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     compile::{CompileOptions, Compiled, compile},
     runtime,
     serve::SnapshotHub,
-    status::{StatusEntry, carry_transition_times},
+    status::{self, StatusEntry, carry_transition_times},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -109,19 +109,28 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         previous: BTreeMap::new(),
         hub,
         view,
+        statuses: Vec::new(),
+        gateway_groups: BTreeMap::new(),
+        shown_rejections: BTreeMap::new(),
     };
     let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
-    loop {
+    let mut hub_changes = cycle.hub.watch_changes();
+    'files: loop {
         cycle.run_once(supervisor.as_mut()).await;
-        tokio::select! {
-            woke = events.recv() => {
-                if woke.is_none() {
+        loop {
+            tokio::select! {
+                woke = events.recv() => {
+                    if woke.is_none() {
+                        break 'files;
+                    }
+                    runtime::debounce(&mut events).await;
                     break;
                 }
-                runtime::debounce(&mut events).await;
+                // A data plane acknowledged or rejected a snapshot.
+                _ = hub_changes.changed() => cycle.refresh_rejections(),
+                _ = &mut shutdown => break 'files,
             }
-            _ = &mut shutdown => break,
         }
     }
     info!("stopping");
@@ -138,6 +147,10 @@ struct Cycle {
     previous: BTreeMap<(String, Option<String>, String), StatusEntry>,
     hub: Arc<SnapshotHub>,
     view: Arc<RwLock<admin::View>>,
+    /// As compiled, before the data planes' rejections.
+    statuses: Vec<StatusEntry>,
+    gateway_groups: BTreeMap<(String, String), String>,
+    shown_rejections: BTreeMap<String, (String, String)>,
 }
 
 impl Cycle {
@@ -156,6 +169,7 @@ impl Cycle {
         let Compiled {
             snapshots,
             mut statuses,
+            gateway_groups,
         } = compile(&store, &self.options);
         for status in &mut statuses {
             let key = runtime::status_key(status);
@@ -187,10 +201,34 @@ impl Cycle {
             };
             view.compiled = true;
         }
+        self.statuses = statuses;
+        self.gateway_groups = gateway_groups;
+        // The view now shows the compiled statuses alone.
+        self.shown_rejections.clear();
+        self.refresh_rejections();
         self.hub.publish(&snapshots);
         if let Some(supervisor) = supervisor {
             supervisor.ensure(&groups).await;
         }
+    }
+
+    /// Shows the data planes' rejections of the current snapshots in the
+    /// Gateways' `Programmed` conditions (and lifts them once applied).
+    fn refresh_rejections(&mut self) {
+        let rejections = self.hub.rejections();
+        if rejections.is_empty() && self.shown_rejections.is_empty() {
+            return;
+        }
+        let now = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or(Timestamp::now())
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let statuses =
+            status::with_rejections(&self.statuses, &self.gateway_groups, &rejections, &now);
+        self.view.write().expect("view lock").statuses =
+            statuses.iter().map(StatusEntry::to_debug_json).collect();
+        self.shown_rejections = rejections;
     }
 }
 

@@ -195,8 +195,11 @@ impl ListenerReport {
 /// What compile found about one Gateway of ours.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GatewayReport {
-    /// Bound IP addresses, when all of `spec.addresses` is usable.
-    pub addresses: Vec<String>,
+    /// The cluster group whose data planes serve the Gateway.
+    pub group: String,
+    /// (type, value) as `status.addresses` reports them: the bound IP
+    /// addresses, or in Kubernetes the group's data plane Service's.
+    pub addresses: Vec<(String, String)>,
     /// Message when an address is of an unsupported type or unparsable.
     pub address_error: Option<String>,
     pub listeners: Vec<ListenerReport>,
@@ -226,16 +229,29 @@ pub fn gateway(
     let gateway_ok = report.address_error.is_none();
     let served = report.listeners.iter().any(ListenerReport::is_served);
     let programmed = if gateway_ok && served {
-        ctx.condition("Programmed", true, "Programmed", "Gateway is programmed")
+        ctx.condition(
+            "Programmed",
+            true,
+            "Programmed",
+            &format!("Gateway is programmed in cluster group {:?}", report.group),
+        )
     } else if !gateway_ok {
         ctx.condition("Programmed", false, "AddressNotUsable", "No usable address")
     } else {
-        ctx.condition("Programmed", false, "Invalid", "No listener can be bound")
+        ctx.condition(
+            "Programmed",
+            false,
+            "Invalid",
+            &format!(
+                "No listener can be bound (cluster group {:?})",
+                report.group
+            ),
+        )
     };
     let addresses: Vec<Value> = report
         .addresses
         .iter()
-        .map(|a| json!({"type": "IPAddress", "value": a}))
+        .map(|(kind, value)| json!({"type": kind, "value": value}))
         .collect();
     let listeners: Vec<Value> = report
         .listeners

@@ -41,6 +41,45 @@ impl StatusEntry {
     }
 }
 
+/// Gateways whose group's data planes rejected the current snapshot: their
+/// `Programmed` condition turns False with the data plane's reason (the
+/// previous snapshot keeps serving, so what the Gateway says is not what
+/// runs). `rejections` maps a group to (node id, reason); `groups` maps a
+/// Gateway's (namespace, name) to its group; `now` stamps the change.
+pub fn with_rejections(
+    statuses: &[StatusEntry],
+    groups: &std::collections::BTreeMap<(String, String), String>,
+    rejections: &std::collections::BTreeMap<String, (String, String)>,
+    now: &str,
+) -> Vec<StatusEntry> {
+    let mut out = statuses.to_vec();
+    if rejections.is_empty() {
+        return out;
+    }
+    for entry in out.iter_mut().filter(|e| e.kind == "Gateway") {
+        let key = (
+            entry.namespace.clone().unwrap_or_default(),
+            entry.name.clone(),
+        );
+        let Some((node, reason)) = groups.get(&key).and_then(|g| rejections.get(g)) else {
+            continue;
+        };
+        let conditions = entry.status["conditions"].as_array_mut();
+        for condition in conditions.into_iter().flatten() {
+            if condition["type"] == "Programmed" {
+                if condition["status"] != "False" {
+                    condition["lastTransitionTime"] = now.into();
+                }
+                condition["status"] = "False".into();
+                condition["reason"] = "Invalid".into();
+                condition["message"] =
+                    format!("Data plane {node} rejected the configuration: {reason}").into();
+            }
+        }
+    }
+    out
+}
+
 /// Keeps `lastTransitionTime` of every condition whose type keeps the same
 /// status, as the Kubernetes condition conventions ask: the time says when the
 /// status last changed, not when it was last computed. Listeners are matched
