@@ -12,6 +12,7 @@ pub use gateway_api::apis::standard::gateways::{
     GatewayListenersTls as ListenerTls, GatewayListenersTlsCertificateRefs as CertificateRef,
     GatewayListenersTlsMode as TlsMode, GatewaySpec,
 };
+pub use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 pub use gateway_api::apis::standard::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule,
     HttpRouteRulesBackendRefs as BackendRef, HttpRouteRulesMatches as RouteMatch,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::k8s::{
-    ConfigMap, EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ObjectMeta,
+    ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace, ObjectMeta,
     ReferenceGrant, Secret, Service,
 };
 
@@ -16,6 +16,7 @@ pub enum Kind {
     GatewayClass,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
     Service,
     EndpointSlice,
@@ -31,6 +32,7 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -85,6 +87,7 @@ pub enum Object {
     GatewayClass(Box<GatewayClass>),
     Gateway(Box<Gateway>),
     HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
     ReferenceGrant(Box<ReferenceGrant>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -99,6 +102,7 @@ impl Object {
             Object::GatewayClass(_) => Kind::GatewayClass,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
@@ -127,6 +131,7 @@ impl Object {
             Object::GatewayClass(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
@@ -141,6 +146,7 @@ impl Object {
             Object::GatewayClass(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
             Object::ReferenceGrant(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
@@ -158,6 +164,7 @@ impl Object {
             Object::GatewayClass(o) => serde_json::to_value(&o.spec),
             Object::Gateway(o) => serde_json::to_value(&o.spec),
             Object::HttpRoute(o) => serde_json::to_value(&o.spec),
+            Object::GrpcRoute(o) => serde_json::to_value(&o.spec),
             Object::ReferenceGrant(o) => serde_json::to_value(&o.spec),
             Object::Service(o) => serde_json::to_value(o),
             Object::EndpointSlice(o) => serde_json::to_value(o),
@@ -243,6 +250,13 @@ impl Store {
     pub fn http_routes(&self) -> impl Iterator<Item = &HttpRoute> {
         self.of_kind(Kind::HttpRoute).filter_map(|o| match o {
             Object::HttpRoute(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
+    pub fn grpc_routes(&self) -> impl Iterator<Item = &GrpcRoute> {
+        self.of_kind(Kind::GrpcRoute).filter_map(|o| match o {
+            Object::GrpcRoute(x) => Some(&**x),
             _ => None,
         })
     }

@@ -9,7 +9,8 @@
 //!
 //! Test knobs, sent by the client as request headers: `x-echo-delay-ms: N`
 //! answers after N milliseconds; `x-echo-status: N` answers with status N.
-//! `--delay-ms` delays every answer; `--record` keeps the description of
+//! `--grpc` serves the gRPC health service instead. `--delay-ms` delays
+//! every answer; `--record` keeps the description of
 //! every request and serves them as a JSON array at `GET /__echo/recorded`,
 //! for backends (mirrors) whose answers nobody sees.
 //!
@@ -47,6 +48,11 @@ struct Args {
     /// Record every request, served at `GET /__echo/recorded`.
     #[arg(long)]
     record: bool,
+    /// Serve gRPC instead (HTTP/2 cleartext): the standard health service
+    /// (grpc.health.v1.Health), reporting SERVING for a service named like
+    /// this backend, so a caller can tell which backend answered.
+    #[arg(long)]
+    grpc: bool,
 }
 
 const RECORDED_PATH: &str = "/__echo/recorded";
@@ -72,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         recorded: args.record.then(Default::default),
     });
     let local = listener.local_addr()?;
+    if args.grpc {
+        return serve_grpc(listener, &echo.name).await;
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}")?;
@@ -227,6 +236,26 @@ async fn echo_websocket(name: Arc<str>, upgraded: hyper::upgrade::Upgraded) {
             break;
         }
     }
+}
+
+async fn serve_grpc(listener: TcpListener, name: &str) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(name, tonic_health::ServingStatus::Serving)
+        .await;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", listener.local_addr()?)?;
+        out.flush()?;
+    }
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

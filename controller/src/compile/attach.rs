@@ -163,14 +163,20 @@ impl<'a, 'g> Parents<'a, 'g> {
             .into_iter()
             .filter(|&i| {
                 let l = &g.listeners[i];
-                l.report.supported_kinds.iter().any(|k| k == "HTTPRoute")
+                l.report
+                    .supported_kinds
+                    .iter()
+                    .any(|k| k == route.kind.as_str())
                     && l.allows_namespace(&g.namespace, &route.namespace, route_labels)
             })
             .collect();
         if allowed.is_empty() {
             return Err(RouteRejection::NotAllowedByListeners(format!(
-                "No listener of Gateway {}/{} allows HTTPRoutes from namespace {:?}",
-                g.namespace, g.name, route.namespace
+                "No listener of Gateway {}/{} allows {}s from namespace {:?}",
+                g.namespace,
+                g.name,
+                route.kind.as_str(),
+                route.namespace
             )));
         }
         let hosted: Vec<(usize, Vec<String>)> = allowed

@@ -70,7 +70,10 @@ impl<'a> Backends<'a> {
         route_ns: &str,
         field: impl Fn() -> String,
         r: &BackendRef,
+        route_kind: &str,
     ) -> Result<String, BackendFailure> {
+        // gRPC needs HTTP/2 to the backend, whatever the port's appProtocol.
+        let force_h2c = route_kind == "GRPCRoute";
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
@@ -81,7 +84,7 @@ impl<'a> Backends<'a> {
         }
         let ns = r.namespace.as_deref().unwrap_or(route_ns);
         let reference = Reference {
-            from_kind: "HTTPRoute",
+            from_kind: route_kind,
             from_namespace: route_ns,
             to_kind: "Service",
             to_namespace: ns,
@@ -119,9 +122,18 @@ impl<'a> Backends<'a> {
                 r.name
             )));
         };
-        let name = format!("{ns}/{}:{port}", r.name);
+        // gRPC forces HTTP/2 on a port that does not declare it: that is
+        // another cluster than the HTTP/1.1 one of the same port.
+        let h2c = force_h2c && service_port.app_protocol.as_deref() != Some(H2C_APP_PROTOCOL);
+        let name = match h2c {
+            true => format!("{ns}/{}:{port}+h2c", r.name),
+            false => format!("{ns}/{}:{port}", r.name),
+        };
         if !self.clusters.contains_key(&name) {
-            let cluster = self.cluster(name.clone(), ns, service, service_port);
+            let mut cluster = self.cluster(name.clone(), ns, service, service_port);
+            if h2c {
+                cluster.protocol = UpstreamProtocol::H2c as i32;
+            }
             self.clusters.insert(name.clone(), cluster);
         }
         Ok(name)

@@ -71,8 +71,9 @@ pub struct FilterOutcome {
 
 /// Context a filter list is checked in.
 pub struct FilterContext<'s> {
-    /// e.g. `spec.rules[0].filters` or `spec.rules[0].backendRefs[1].filters`.
-    pub field: &'s str,
+    /// e.g. `spec.rules[0].filters` or `spec.rules[0].backendRefs[1].filters`;
+    /// spelled only when a message needs it.
+    pub field: &'s dyn Fn() -> String,
     pub route_ns: &'s str,
     /// Every match of the rule is a PathPrefix (or has no path).
     pub prefix_matches_only: bool,
@@ -80,6 +81,8 @@ pub struct FilterContext<'s> {
     pub has_backends: bool,
     /// Rule level (CORS is accepted there only).
     pub rule_level: bool,
+    /// "HTTPRoute" or "GRPCRoute", for mirror backendRefs.
+    pub route_kind: &'s str,
 }
 
 /// Checks a filter list and builds its model. `Err` is a message naming the
@@ -92,7 +95,7 @@ pub fn compile<T: serde::Serialize>(
 ) -> Result<FiltersModel, String> {
     let mut model = FiltersModel::default();
     for (i, filter) in filters.iter().enumerate() {
-        let field = format!("{}[{i}]", ctx.field);
+        let field = format!("{}[{i}]", (ctx.field)());
         let spec: FilterSpec = serde_json::to_value(filter)
             .and_then(serde_json::from_value)
             .map_err(|e| format!("{field}: {e}"))?;
@@ -164,7 +167,12 @@ pub fn compile<T: serde::Serialize>(
                 let field = format!("{field}.requestMirror");
                 let (numerator, denominator) = mirror_fraction(&field, spec)?;
                 let reference = field.clone() + ".backendRef";
-                match backends.resolve(ctx.route_ns, || reference.clone(), &spec.backend_ref) {
+                match backends.resolve(
+                    ctx.route_ns,
+                    || reference.clone(),
+                    &spec.backend_ref,
+                    ctx.route_kind,
+                ) {
                     Ok(cluster) => model.mirrors.push(MirrorModel {
                         cluster,
                         numerator,
@@ -193,7 +201,7 @@ pub fn compile<T: serde::Serialize>(
     if model.filters.redirect.is_some() && model.filters.rewrite.is_some() {
         return Err(format!(
             "{}: RequestRedirect and URLRewrite cannot be used together",
-            ctx.field
+            (ctx.field)()
         ));
     }
     Ok(model)

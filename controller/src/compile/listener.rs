@@ -173,13 +173,13 @@ fn listener(l: &Listener) -> ListenerModel {
 /// message naming it.
 fn route_kinds(l: &Listener) -> (Vec<String>, Option<String>) {
     let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
-        return (vec!["HTTPRoute".into()], None);
+        return (vec!["HTTPRoute".into(), "GRPCRoute".into()], None);
     };
     let mut supported = Vec::new();
     let mut invalid = Vec::new();
     for k in kinds {
         let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
+        if group == GATEWAY_GROUP && matches!(k.kind.as_str(), "HTTPRoute" | "GRPCRoute") {
             if !supported.contains(&k.kind) {
                 supported.push(k.kind.clone());
             }

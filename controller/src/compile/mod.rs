@@ -14,6 +14,7 @@ mod backend;
 mod filters;
 mod gateway;
 mod grants;
+mod grpc;
 mod hostname;
 mod listener;
 mod matches;
@@ -108,10 +109,27 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         })
         .collect();
     let mut backends = backend::Backends::new(store);
-    let routes: Vec<route::RouteModel<'_>> = store
-        .http_routes()
-        .map(|r| route::RouteModel::new(r, &mut backends))
+    // GRPCRoutes route as the HTTPRoutes they are on the wire; one that
+    // cannot be read as one is reported and left out.
+    let grpc_as_http: Vec<_> = store
+        .grpc_routes()
+        .filter_map(|r| match grpc::as_http_route(r) {
+            Ok(translated) => Some(translated),
+            Err(error) => {
+                tracing::warn!(route = ?r.metadata.name, %error, "GRPCRoute not compiled");
+                None
+            }
+        })
         .collect();
+    let mut routes: Vec<route::RouteModel<'_>> = store
+        .http_routes()
+        .map(|r| route::RouteModel::new(r, route::RouteKind::Http, &mut backends))
+        .collect();
+    routes.extend(
+        grpc_as_http
+            .iter()
+            .map(|r| route::RouteModel::new(r, route::RouteKind::Grpc, &mut backends)),
+    );
 
     let parents = attach::Parents::new(&gateways, &namespace_labels);
     let mut attachments = Vec::new();
@@ -202,7 +220,8 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             generation: route.generation(),
             now: &options.now,
         };
-        statuses.push(status::conditions::http_route(
+        statuses.push(status::conditions::route(
+            route.kind.as_str(),
             &route.namespace,
             &route.name,
             reports,

@@ -226,7 +226,7 @@ fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Ve
                 .collect();
             rules.push(Rule {
                 origin: Some(origin(
-                    "HTTPRoute",
+                    route.kind.as_str(),
                     &route.namespace,
                     &route.name,
                     &rule.section,

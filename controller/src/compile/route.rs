@@ -68,7 +68,9 @@ impl RuleModel {
 /// What compile knows about one HTTPRoute.
 #[derive(Debug, Clone)]
 pub struct RouteModel<'a> {
+    /// The route; a GRPCRoute as the HTTPRoute it routes as (see `grpc`).
     pub route: &'a HttpRoute,
+    pub kind: RouteKind,
     pub namespace: String,
     pub name: String,
     pub created: Option<&'a Time>,
@@ -82,8 +84,24 @@ pub struct RouteModel<'a> {
     pub resolved_refs: Result<(), BackendFailure>,
 }
 
+/// Which Gateway API route kind a model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
 impl<'a> RouteModel<'a> {
-    pub fn new(route: &'a HttpRoute, backends: &mut Backends<'_>) -> Self {
+    pub fn new(route: &'a HttpRoute, kind: RouteKind, backends: &mut Backends<'_>) -> Self {
         let meta = &route.metadata;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let spec_rules = route.spec.rules.as_deref().unwrap_or_default();
@@ -100,7 +118,7 @@ impl<'a> RouteModel<'a> {
                 }
             };
             let mut outcome = FilterOutcome::default();
-            let built = rule_model(&namespace, index, rule, backends, &mut outcome);
+            let built = rule_model(&namespace, kind, index, rule, backends, &mut outcome);
             for failure in [built.1, outcome.mirror_failure].into_iter().flatten() {
                 if resolved_refs.is_ok() {
                     resolved_refs = Err(failure);
@@ -150,6 +168,7 @@ impl<'a> RouteModel<'a> {
         });
         RouteModel {
             route,
+            kind,
             namespace,
             name: meta.name.clone().unwrap_or_default(),
             created: meta.creation_timestamp.as_ref(),
@@ -189,6 +208,7 @@ pub(super) fn is_hostname(hostname: &str) -> bool {
 /// answer 500 instead.
 fn rule_model(
     route_ns: &str,
+    kind: RouteKind,
     index: usize,
     rule: &Rule,
     backends: &mut Backends<'_>,
@@ -202,17 +222,20 @@ fn rule_model(
     for (i, r) in refs.iter().enumerate() {
         let field = || format!("spec.rules[{index}].backendRefs[{i}]");
         let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
-        let target = backends.resolve(route_ns, field, r).map_err(|failure| {
-            let message = failure.message().to_owned();
-            first_failure.get_or_insert(failure);
-            message
-        });
+        let target = backends
+            .resolve(route_ns, field, r, kind.as_str())
+            .map_err(|failure| {
+                let message = failure.message().to_owned();
+                first_failure.get_or_insert(failure);
+                message
+            });
         let ctx = FilterContext {
-            field: &format!("{}.filters", field()),
+            field: &|| format!("{}.filters", field()),
             route_ns,
             prefix_matches_only,
             has_backends: false,
             rule_level: false,
+            route_kind: kind.as_str(),
         };
         let filters = filters::compile(
             &ctx,
@@ -231,11 +254,12 @@ fn rule_model(
         });
     }
     let ctx = FilterContext {
-        field: &format!("spec.rules[{index}].filters"),
+        field: &|| format!("spec.rules[{index}].filters"),
         route_ns,
         prefix_matches_only,
         has_backends: !refs.is_empty(),
         rule_level: true,
+        route_kind: kind.as_str(),
     };
     let model = filters::compile(
         &ctx,

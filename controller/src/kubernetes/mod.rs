@@ -34,7 +34,8 @@ use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
     k8s::{
-        EndpointSlice, Gateway, GatewayClass, HttpRoute, Namespace, ReferenceGrant, Secret, Service,
+        EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace, ReferenceGrant,
+        Secret, Service,
     },
     runtime,
     serve::SnapshotHub,
@@ -79,10 +80,11 @@ const BURST_QUIET: Duration = Duration::from_millis(50);
 const BURST_CAP: Duration = Duration::from_millis(500);
 
 /// The kinds watched, each listed before the first compile.
-const WATCHED: [Kind; 8] = [
+const WATCHED: [Kind; 9] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
+    Kind::GrpcRoute,
     Kind::ReferenceGrant,
     Kind::Service,
     Kind::EndpointSlice,
@@ -200,6 +202,14 @@ fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
         all(),
         None,
         |o| Object::HttpRoute(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<GrpcRoute>(
+        client.clone(),
+        Kind::GrpcRoute,
+        all(),
+        None,
+        |o| Object::GrpcRoute(Box::new(o)),
         tx.clone(),
     );
     watch::spawn::<ReferenceGrant>(

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::compile::CONTROLLER_NAME;
-use crate::k8s::{Gateway, GatewayClass, HttpRoute};
+use crate::k8s::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
 use crate::status::{StatusEntry, carry_transition_times};
 
 type Key = (String, Option<String>, String);
@@ -55,7 +55,7 @@ impl StatusWriter {
         let stale: Vec<Key> = self
             .written
             .keys()
-            .filter(|k| k.0 == "HTTPRoute" && !wanted.contains(*k))
+            .filter(|k| (k.0 == "HTTPRoute" || k.0 == "GRPCRoute") && !wanted.contains(*k))
             .cloned()
             .collect();
         for k in stale {
@@ -94,6 +94,7 @@ impl StatusWriter {
             }
             "Gateway" => write::<Gateway>(namespaced(&self.client, ns), entry, false).await,
             "HTTPRoute" => write::<HttpRoute>(namespaced(&self.client, ns), entry, true).await,
+            "GRPCRoute" => write::<GrpcRoute>(namespaced(&self.client, ns), entry, true).await,
             other => {
                 debug!(kind = other, "no status writer for this kind");
                 return true;

@@ -378,7 +378,9 @@ impl RouteParentReport {
 
 /// HTTPRoute `status.parents`: our entries only (none when no parentRef
 /// names one of our Gateways).
-pub fn http_route(
+/// An HTTPRoute's or GRPCRoute's status (the same shape).
+pub fn route(
+    kind: &str,
     namespace: &str,
     name: &str,
     parents: &[RouteParentReport],
@@ -386,7 +388,7 @@ pub fn http_route(
 ) -> StatusEntry {
     let parents: Vec<Value> = parents.iter().map(|p| p.to_status(ctx)).collect();
     entry(
-        "HTTPRoute",
+        kind,
         Some(namespace),
         name,
         ctx.generation,

@@ -66,6 +66,37 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status code for a gRPC client (the gRPC HTTP mapping; no
+    /// route is UNIMPLEMENTED, as GRPCRoute asks).
+    pub fn grpc_code(self) -> u8 {
+        match self {
+            Self::NoRoute => 12,
+            Self::Timeout => 4,
+            Self::NoEndpoints | Self::Connect | Self::Upstream => 14,
+            Self::BadRequest | Self::NoBackend | Self::InvalidBackend | Self::Misdirected => 13,
+        }
+    }
+
+    /// A gRPC client gets a trailers-only gRPC answer, not an HTTP error
+    /// page: status 200 with `grpc-status` and `grpc-message`.
+    fn response_for(self, grpc: bool) -> Response<ProxyBody> {
+        if !grpc {
+            return self.response();
+        }
+        let mut response = Response::new(ProxyBody::Local(Bytes::new().into()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        headers.insert("grpc-message", HeaderValue::from_static(self.label()));
+        response
+    }
+
     fn response(self) -> Response<ProxyBody> {
         let mut response = Response::new(ProxyBody::text(self.label()));
         *response.status_mut() = self.status();
@@ -87,6 +118,7 @@ impl Dataplane {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let table = self.table.load_full();
+        let grpc = is_grpc(&request);
         let found = find_route(&table, &conn, &request);
         let (stats, result) = match found {
             Ok(found) => (
@@ -97,7 +129,7 @@ impl Dataplane {
         };
         let response = result.unwrap_or_else(|error| {
             tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
-            error.response()
+            error.response_for(grpc)
         });
         stats.record(response.status().as_u16(), started.elapsed());
         Ok(response)
@@ -354,6 +386,14 @@ async fn send_mirror(
         Ok(Err(error)) => tracing::debug!(%cluster, %error, "mirror failed"),
         Err(_) => tracing::debug!(%cluster, "mirror timed out"),
     }
+}
+
+/// A gRPC request (`content-type: application/grpc`, `+proto` and the like).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The rule for a request, or why there is none.
