@@ -10,7 +10,9 @@ pub use gateway_api::apis::standard::gateways::{
     GatewayListenersAllowedRoutesNamespacesFrom as FromNamespaces,
     GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
     GatewayListenersTls as ListenerTls, GatewayListenersTlsCertificateRefs as CertificateRef,
-    GatewayListenersTlsMode as TlsMode, GatewaySpec,
+    GatewayListenersTlsMode as TlsMode, GatewaySpec, GatewayTls,
+    GatewayTlsFrontendDefaultValidationMode as DefaultValidationMode,
+    GatewayTlsFrontendPerPortTlsValidationMode as PerPortValidationMode,
 };
 pub use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 pub use gateway_api::apis::standard::httproutes::{

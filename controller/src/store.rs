@@ -289,6 +289,13 @@ impl Store {
         })
     }
 
+    pub fn config_maps(&self) -> impl Iterator<Item = &ConfigMap> {
+        self.of_kind(Kind::ConfigMap).filter_map(|o| match o {
+            Object::ConfigMap(x) => Some(&**x),
+            _ => None,
+        })
+    }
+
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.of_kind(Kind::Namespace).filter_map(|o| match o {
             Object::Namespace(x) => Some(&**x),

@@ -87,6 +87,7 @@ fn snapshot(routes: usize) -> pb::Snapshot {
                 hosts: vhosts,
                 ..Default::default()
             }],
+            ..Default::default()
         }],
         rules,
         clusters: vec![pb::Cluster {

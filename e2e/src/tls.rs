@@ -106,17 +106,37 @@ impl TlsClient {
     /// Trusts `ca`; offers ALPN `h2` and `http/1.1` when `h2`, else
     /// `http/1.1` only.
     pub fn new(ca: &TestCa, h2: bool) -> Self {
+        Self::build(ca, h2, None)
+    }
+
+    /// The same, presenting `identity` as its client certificate.
+    pub fn with_client_cert(ca: &TestCa, identity: &Issued) -> Self {
+        Self::build(ca, false, Some(identity))
+    }
+
+    fn build(ca: &TestCa, h2: bool, identity: Option<&Issued>) -> Self {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("CA PEM"))
             .expect("CA certificate");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            None => config.with_no_client_auth(),
+            Some(identity) => config
+                .with_client_auth_cert(
+                    vec![
+                        CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).expect("PEM"),
+                    ],
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+                        .expect("PEM key"),
+                )
+                .expect("client certificate"),
+        };
         config.alpn_protocols = if h2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {

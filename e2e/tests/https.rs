@@ -293,3 +293,82 @@ spec:
         assert_eq!(got.reply.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_or_optional_per_port() {
+    let ca = TestCa::new();
+    let clients = TestCa::new();
+    let server = ca.issue(&["mtls.test"]);
+    let good_client = clients.issue(&["client.test"]);
+    let stranger = TestCa::new().issue(&["client.test"]);
+    let backend = Echo::start("mtls");
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let gateway = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: gatehouse}}
+spec: {{controllerName: gatehouse.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: gatehouse
+  tls:
+    frontend:
+      default:
+        validation:
+          caCertificateRefs: [{{group: "", kind: ConfigMap, name: client-ca}}]
+      perPort:
+      - port: 8443
+        tls:
+          validation:
+            mode: AllowInsecureFallback
+            caCertificateRefs: [{{group: "", kind: ConfigMap, name: client-ca}}]
+  listeners:
+  - {{name: strict, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: server}}]}}}}
+  - {{name: lenient, port: 8443, protocol: HTTPS, tls: {{certificateRefs: [{{name: server}}]}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: client-ca, namespace: default}}
+data:
+  ca.crt: |
+{}"#,
+        indent(&clients.cert_pem)
+    );
+    let docs = [
+        gateway,
+        secret("default", "server", &server),
+        manifests::service("default", "svc", &[backend.port()]),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: all, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n".to_owned(),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
+    let with_cert = TlsClient::with_client_cert(&ca, &good_client);
+    let with_stranger = TlsClient::with_client_cert(&ca, &stranger);
+    let without = TlsClient::new(&ca, false);
+    let get = |client: &TlsClient, port: u16| {
+        let client = client.clone();
+        let addr = gw.socket(port);
+        async move { client.get(addr, "mtls.test", "mtls.test", "/").await }
+    };
+    // Strict port: only a certificate from the client CA gets through.
+    assert_eq!(get(&with_cert, 443).await.unwrap().reply.status, 200);
+    assert!(
+        get(&without, 443).await.is_err(),
+        "no certificate, no request"
+    );
+    assert!(
+        get(&with_stranger, 443).await.is_err(),
+        "a certificate of another CA"
+    );
+    // Insecure fallback: everyone gets through.
+    for client in [&with_cert, &without, &with_stranger] {
+        assert_eq!(get(client, 8443).await.unwrap().reply.status, 200);
+    }
+}

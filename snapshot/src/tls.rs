@@ -34,3 +34,21 @@ pub fn provider() -> CryptoProvider {
 pub fn shared_provider() -> Arc<CryptoProvider> {
     Arc::new(provider())
 }
+
+/// The trust anchors of client certificate validation: every certificate of
+/// every PEM bundle; at least one.
+pub fn client_roots(bundles: &[&[u8]]) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in bundles {
+        for cert in CertificateDer::pem_slice_iter(bundle) {
+            let cert = cert.map_err(|e| format!("ca.crt is not PEM certificates: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca.crt holds an unusable CA certificate: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("ca.crt holds no PEM certificate".into());
+    }
+    Ok(roots)
+}

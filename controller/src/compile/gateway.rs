@@ -42,9 +42,12 @@ impl<'a> GatewayModel<'a> {
         {
             if l.protocol == Protocol::Https && l.report.unsupported_protocol.is_none() {
                 let resolved = secrets.resolve(&namespace, i, spec.tls.as_ref());
-                l.report.certificate_failure = resolved.failure;
+                let frontend = secrets.frontend(&namespace, gateway.spec.tls.as_ref(), spec.port);
+                l.report.certificate_failure = resolved.failure.or(frontend.failure);
                 l.report.no_certificate = resolved.certificates.is_empty();
+                l.report.no_valid_ca = frontend.no_valid_ca;
                 l.certificates = resolved.certificates;
+                l.client_validation = frontend.validation;
             }
         }
         GatewayModel {

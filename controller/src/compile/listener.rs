@@ -32,6 +32,8 @@ pub struct ListenerModel {
     pub hostname: Option<String>,
     /// HTTPS: the certificates that resolved (see `tls`).
     pub certificates: Vec<Certificate>,
+    /// HTTPS: client certificate validation (Gateway `spec.tls.frontend`).
+    pub client_validation: Option<gatehouse_snapshot::ClientValidation>,
     pub allowed: AllowedNamespaces,
     pub report: ListenerReport,
 }
@@ -164,6 +166,7 @@ fn listener(l: &Listener) -> ListenerModel {
         protocol,
         hostname: hostname(l),
         certificates: Vec::new(),
+        client_validation: None,
         allowed,
         report,
     }

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use gatehouse_snapshot::{
-    Backend, Certificate, Cluster, Listener, Origin, Port, Protocol, RouteMatch, Rule, Snapshot,
-    VirtualHost, backend::Target,
+    Backend, Certificate, ClientValidation, Cluster, Listener, Origin, Port, Protocol, RouteMatch,
+    Rule, Snapshot, VirtualHost, backend::Target,
 };
 
 use crate::compile::CompileOptions;
@@ -53,7 +53,8 @@ struct ListenerBuild {
 /// The (unsealed) snapshot of one group.
 pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     let (rules, first_rule, clusters) = rule_table(input);
-    let mut ports: BTreeMap<PortKey, (u32, Protocol, Vec<ListenerBuild>)> = BTreeMap::new();
+    type PortBuild = (u32, Protocol, Option<ClientValidation>, Vec<ListenerBuild>);
+    let mut ports: BTreeMap<PortKey, PortBuild> = BTreeMap::new();
     let mut slots: HashMap<(usize, usize), Vec<(PortKey, usize)>> = HashMap::new();
     for (gi, g) in input.gateways.iter().enumerate() {
         let Ok(addresses) = &g.addresses else {
@@ -73,10 +74,16 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                     u32::from(l.port) + u32::from(input.options.port_offset),
                 );
                 // `sharing` keeps HTTP and HTTPS off one socket.
-                let (_, _, listeners) =
+                // Gateways sharing an HTTPS port share its handshake: the
+                // first one (namespace/name order) with a client validation
+                // sets it.
+                let (_, _, validation, listeners) =
                     ports
                         .entry(key)
-                        .or_insert((u32::from(l.port), l.protocol, Vec::new()));
+                        .or_insert((u32::from(l.port), l.protocol, None, Vec::new()));
+                if validation.is_none() {
+                    validation.clone_from(&l.client_validation);
+                }
                 let spec_key = specificity(&hostname);
                 let sort = (
                     (spec_key.0, spec_key.1, hostname.clone()),
@@ -124,7 +131,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         let route = &input.routes[a.route];
         let first = first_rule[&a.route];
         for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
-            let listener = &mut ports.get_mut(key).expect("slot of a known port").2[*index];
+            let listener = &mut ports.get_mut(key).expect("slot of a known port").3[*index];
             for host in &a.hosts {
                 let entries = listener.hosts.entry(host.clone()).or_default();
                 for (ri, rule) in route.rules.iter().enumerate() {
@@ -140,13 +147,16 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     }
     let ports = ports
         .into_iter()
-        .map(|((address, bind_port), (port, protocol, listeners))| Port {
-            address: address.to_string(),
-            port,
-            bind_port,
-            protocol: protocol as i32,
-            listeners: finish_listeners(listeners),
-        })
+        .map(
+            |((address, bind_port), (port, protocol, client_validation, listeners))| Port {
+                address: address.to_string(),
+                port,
+                bind_port,
+                protocol: protocol as i32,
+                client_validation,
+                listeners: finish_listeners(listeners),
+            },
+        )
         .collect();
     Snapshot {
         group: input.group.into(),

@@ -9,17 +9,30 @@
 
 use std::collections::HashMap;
 
-use gatehouse_snapshot::Certificate;
+use gatehouse_snapshot::{Certificate, ClientValidation};
 
 use crate::compile::grants::{Reference, ReferenceGrants};
-use crate::k8s::{CertificateRef, ListenerTls, Secret, TlsMode};
+use crate::k8s::{CertificateRef, ConfigMap, GatewayTls, ListenerTls, Secret, TlsMode};
 use crate::status::CertificateFailure;
 use crate::store::Store;
 
-/// Secrets and ReferenceGrants indexed for certificate lookups.
+/// Secrets, ConfigMaps and ReferenceGrants indexed for certificate lookups.
 pub struct Secrets<'a> {
     secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+    config_maps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
     grants: ReferenceGrants<'a>,
+}
+
+/// Client certificate validation of one HTTPS port (Gateway
+/// `spec.tls.frontend`, the `perPort` entry for the port, else `default`).
+#[derive(Debug, Clone, Default)]
+pub struct FrontendValidation {
+    /// `None` when the Gateway asks for no client certificates.
+    pub validation: Option<ClientValidation>,
+    pub failure: Option<CertificateFailure>,
+    /// Every CA reference failed: the listener is not accepted
+    /// (`NoValidCACertificate`).
+    pub no_valid_ca: bool,
 }
 
 /// The certificates of one listener and the first reference that failed.
@@ -39,6 +52,7 @@ impl<'a> Secrets<'a> {
         };
         Secrets {
             secrets: store.secrets().map(|s| (key(&s.metadata), s)).collect(),
+            config_maps: store.config_maps().map(|c| (key(&c.metadata), c)).collect(),
             grants: ReferenceGrants::new(store),
         }
     }
@@ -119,6 +133,146 @@ impl<'a> Secrets<'a> {
             chain_pem: chain,
             key_pem: key,
         })
+    }
+}
+
+impl Secrets<'_> {
+    /// The client validation for HTTPS listener port `port` of a Gateway in
+    /// `gateway_ns`. Spec (`FrontendTLSValidation.caCertificateRefs`): a
+    /// ConfigMap with `ca.crt` (Core); any other kind is
+    /// `InvalidCACertificateKind`, a missing or malformed one
+    /// `InvalidCACertificateRef`, another namespace without a ReferenceGrant
+    /// `RefNotPermitted`; when every reference fails the listener is not
+    /// accepted (`NoValidCACertificate`).
+    pub fn frontend(
+        &self,
+        gateway_ns: &str,
+        tls: Option<&GatewayTls>,
+        port: i32,
+    ) -> FrontendValidation {
+        let Some(frontend) = tls.and_then(|t| t.frontend.as_ref()) else {
+            return FrontendValidation::default();
+        };
+        let per_port = frontend
+            .per_port
+            .iter()
+            .flatten()
+            .position(|p| p.port == port);
+        let (field, refs, insecure) = match per_port {
+            Some(i) => {
+                let entry = &frontend.per_port.as_deref().unwrap_or_default()[i];
+                let Some(v) = entry.tls.validation.as_ref() else {
+                    return FrontendValidation::default();
+                };
+                let refs: Vec<(String, String, String, Option<String>)> = v
+                    .ca_certificate_refs
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.group.clone(),
+                            r.kind.clone(),
+                            r.name.clone(),
+                            r.namespace.clone(),
+                        )
+                    })
+                    .collect();
+                let insecure = matches!(
+                    v.mode,
+                    Some(crate::k8s::PerPortValidationMode::AllowInsecureFallback)
+                );
+                (
+                    format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+                    refs,
+                    insecure,
+                )
+            }
+            None => {
+                let Some(v) = frontend.default.validation.as_ref() else {
+                    return FrontendValidation::default();
+                };
+                let refs = v
+                    .ca_certificate_refs
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.group.clone(),
+                            r.kind.clone(),
+                            r.name.clone(),
+                            r.namespace.clone(),
+                        )
+                    })
+                    .collect();
+                let insecure = matches!(
+                    v.mode,
+                    Some(crate::k8s::DefaultValidationMode::AllowInsecureFallback)
+                );
+                (
+                    "spec.tls.frontend.default.validation".to_owned(),
+                    refs,
+                    insecure,
+                )
+            }
+        };
+        let mut out = FrontendValidation::default();
+        let mut bundles = Vec::new();
+        for (i, (group, kind, name, namespace)) in refs.iter().enumerate() {
+            let field = format!("{field}.caCertificateRefs[{i}]");
+            match self.ca_bundle(gateway_ns, &field, group, kind, name, namespace.as_deref()) {
+                Ok(pem) => bundles.push(pem),
+                Err(failure) => {
+                    out.failure.get_or_insert(failure);
+                }
+            }
+        }
+        out.no_valid_ca = bundles.is_empty();
+        out.validation = Some(ClientValidation {
+            ca_pem: bundles,
+            allow_insecure_fallback: insecure,
+        });
+        out
+    }
+
+    fn ca_bundle(
+        &self,
+        gateway_ns: &str,
+        field: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<u8>, CertificateFailure> {
+        if !group.is_empty() || kind != "ConfigMap" {
+            return Err(CertificateFailure::InvalidCaKind(format!(
+                "{field}: kind {kind:?} of group {group:?} is not supported; supported: ConfigMap"
+            )));
+        }
+        let ns = namespace.unwrap_or(gateway_ns);
+        let reference = Reference {
+            from_kind: "Gateway",
+            from_namespace: gateway_ns,
+            to_kind: "ConfigMap",
+            to_namespace: ns,
+            to_name: name,
+        };
+        if ns != gateway_ns && !self.grants.allow(&reference) {
+            return Err(CertificateFailure::RefNotPermitted(format!(
+                "{field}: ConfigMap {name:?} in namespace {ns:?} is not allowed by any ReferenceGrant in that namespace"
+            )));
+        }
+        let invalid = |problem: &str| {
+            CertificateFailure::InvalidCa(format!("{field}: ConfigMap \"{ns}/{name}\" {problem}"))
+        };
+        let map = self
+            .config_maps
+            .get(&(ns, name))
+            .ok_or_else(|| invalid("not found"))?;
+        let pem = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .ok_or_else(|| invalid("has no ca.crt"))?;
+        gatehouse_snapshot::tls::client_roots(&[pem.as_bytes()]).map_err(|e| invalid(&e))?;
+        Ok(pem.clone().into_bytes())
     }
 }
 

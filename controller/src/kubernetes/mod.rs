@@ -34,8 +34,8 @@ use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
     k8s::{
-        EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace, ReferenceGrant,
-        Secret, Service,
+        ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace,
+        ReferenceGrant, Secret, Service,
     },
     runtime,
     serve::SnapshotHub,
@@ -80,7 +80,7 @@ const BURST_QUIET: Duration = Duration::from_millis(50);
 const BURST_CAP: Duration = Duration::from_millis(500);
 
 /// The kinds watched, each listed before the first compile.
-const WATCHED: [Kind; 9] = [
+const WATCHED: [Kind; 10] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
@@ -90,6 +90,7 @@ const WATCHED: [Kind; 9] = [
     Kind::EndpointSlice,
     Kind::Namespace,
     Kind::Secret,
+    Kind::ConfigMap,
 ];
 
 /// Runs until SIGTERM or SIGINT.
@@ -235,6 +236,15 @@ fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
         all().labels(crate::k8s::SERVICE_NAME_LABEL),
         None,
         |o| Object::EndpointSlice(Box::new(o)),
+        tx.clone(),
+    );
+    // Client CA bundles of Gateways' spec.tls.frontend.
+    watch::spawn::<ConfigMap>(
+        client.clone(),
+        Kind::ConfigMap,
+        all(),
+        None,
+        |o| Object::ConfigMap(Box::new(o)),
         tx.clone(),
     );
     watch::spawn::<Namespace>(

@@ -102,6 +102,8 @@ pub struct ListenerReport {
     /// HTTPS without any usable certificate: routes attach, nothing is
     /// served.
     pub no_certificate: bool,
+    /// Client validation whose every CA reference failed: not accepted.
+    pub no_valid_ca: bool,
 }
 
 /// Why a listener's certificateRef does not resolve.
@@ -112,6 +114,12 @@ pub enum CertificateFailure {
     Invalid(String),
     /// Another namespace without a ReferenceGrant (`RefNotPermitted`).
     RefNotPermitted(String),
+    /// A client CA reference to a missing or malformed ConfigMap
+    /// (`InvalidCACertificateRef`).
+    InvalidCa(String),
+    /// A client CA reference to a kind other than ConfigMap
+    /// (`InvalidCACertificateKind`).
+    InvalidCaKind(String),
 }
 
 impl ListenerReport {
@@ -126,13 +134,19 @@ impl ListenerReport {
     /// A usable listener the data plane can serve (HTTPS needs a
     /// certificate).
     pub fn is_served(&self) -> bool {
-        self.is_usable() && !self.no_certificate
+        self.is_usable() && !self.no_certificate && !self.no_valid_ca
     }
 
     fn to_status(&self, ctx: ConditionContext<'_>, gateway_ok: bool) -> Value {
         let accepted = match (&self.unsupported_protocol, &self.port_unavailable) {
             (Some(msg), _) => ctx.condition("Accepted", false, "UnsupportedProtocol", msg),
             (None, Some(msg)) => ctx.condition("Accepted", false, "PortUnavailable", msg),
+            (None, None) if self.no_valid_ca => ctx.condition(
+                "Accepted",
+                false,
+                "NoValidCACertificate",
+                "No client CA certificate reference of spec.tls.frontend resolves",
+            ),
             (None, None) => ctx.condition("Accepted", true, "Accepted", "Listener is valid"),
         };
         let programmed = if gateway_ok && self.is_served() {
@@ -151,6 +165,12 @@ impl ListenerReport {
             }
             (Some(CertificateFailure::RefNotPermitted(msg)), _) => {
                 ctx.condition("ResolvedRefs", false, "RefNotPermitted", msg)
+            }
+            (Some(CertificateFailure::InvalidCa(msg)), _) => {
+                ctx.condition("ResolvedRefs", false, "InvalidCACertificateRef", msg)
+            }
+            (Some(CertificateFailure::InvalidCaKind(msg)), _) => {
+                ctx.condition("ResolvedRefs", false, "InvalidCACertificateKind", msg)
             }
             (None, Some(msg)) => ctx.condition("ResolvedRefs", false, "InvalidRouteKinds", msg),
             (None, None) => ctx.condition(

@@ -60,6 +60,7 @@ fn snapshot(listeners: Vec<pb::Listener>, rules: usize) -> pb::Snapshot {
             bind_port: 8080,
             protocol: pb::Protocol::Http as i32,
             listeners,
+            ..Default::default()
         }],
         rules: (0..rules)
             .map(|i| pb::Rule {

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use gatehouse_snapshot as pb;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 use rustls_pki_types::{DnsName, ServerName};
@@ -74,6 +76,78 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Gateway API `FrontendTLSValidation`: AllowValidOnly requires a client
+/// certificate that chains to the configured CAs; AllowInsecureFallback asks
+/// for one but lets the connection through without it, or with one that
+/// does not verify (the backend decides).
+fn client_verifier(
+    validation: &pb::ClientValidation,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let bundles: Vec<&[u8]> = validation.ca_pem.iter().map(Vec::as_slice).collect();
+    let roots = gatehouse_snapshot::tls::client_roots(&bundles)?;
+    let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(match validation.allow_insecure_fallback {
+        false => strict,
+        true => Arc::new(InsecureFallback(strict)),
+    })
+}
+
+/// Asks for a client certificate and verifies it, but accepts the
+/// connection whatever the outcome.
+#[derive(Debug)]
+struct InsecureFallback(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for InsecureFallback {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Err(error) = self.0.verify_client_cert(end_entity, intermediates, now) {
+            tracing::debug!(%error, "client certificate not valid; insecure fallback lets it in");
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// The server config of an HTTPS port; `Err` is (field, problem).
 pub fn server_config(port: &pb::Port, field: &str) -> Result<Arc<ServerConfig>, (String, String)> {
     let mut listeners = Vec::with_capacity(port.listeners.len());
@@ -110,12 +184,18 @@ pub fn server_config(port: &pb::Port, field: &str) -> Result<Arc<ServerConfig>, 
     let resolver = SniResolver {
         listeners: listeners.into(),
     };
-    let mut config =
-        ServerConfig::builder_with_provider(gatehouse_snapshot::tls::shared_provider())
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-            .map_err(|e| (field.to_owned(), e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+    let provider = gatehouse_snapshot::tls::shared_provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| (field.to_owned(), e.to_string()))?;
+    let builder = match &port.client_validation {
+        None => builder.with_no_client_auth(),
+        Some(validation) => builder.with_client_cert_verifier(
+            client_verifier(validation, provider)
+                .map_err(|problem| (format!("{field}.client_validation"), problem))?,
+        ),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

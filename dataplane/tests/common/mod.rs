@@ -171,6 +171,7 @@ pub fn port(bind_port: u16, listeners: Vec<pb::Listener>) -> pb::Port {
         bind_port: u32::from(bind_port),
         protocol: pb::Protocol::Http as i32,
         listeners,
+        ..Default::default()
     }
 }
 
