@@ -2,6 +2,7 @@
 //! controller names these, never the upstream crates' module paths, so a
 //! crate upgrade touches this file only.
 
+pub use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 pub use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 pub use gateway_api::apis::standard::gateways::{
     Gateway, GatewayAddresses, GatewayListeners as Listener,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::k8s::{
-    ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace, ObjectMeta,
-    ReferenceGrant, Secret, Service,
+    BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
+    Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
 };
 
 /// The kinds the controller knows. The order is the store's iteration order.
@@ -23,6 +23,7 @@ pub enum Kind {
     Namespace,
     Secret,
     ConfigMap,
+    BackendTlsPolicy,
 }
 
 impl Kind {
@@ -39,6 +40,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
         }
     }
 
@@ -94,6 +96,7 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Secret(Box<Secret>),
     ConfigMap(Box<ConfigMap>),
+    BackendTlsPolicy(Box<BackendTlsPolicy>),
 }
 
 impl Object {
@@ -109,6 +112,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Secret(_) => Kind::Secret,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
         }
     }
 
@@ -138,6 +142,7 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::BackendTlsPolicy(o) => &o.metadata,
         }
     }
 
@@ -153,6 +158,7 @@ impl Object {
             Object::Namespace(o) => &mut o.metadata,
             Object::Secret(o) => &mut o.metadata,
             Object::ConfigMap(o) => &mut o.metadata,
+            Object::BackendTlsPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -171,6 +177,7 @@ impl Object {
             Object::Namespace(o) => serde_json::to_value(o),
             Object::Secret(o) => serde_json::to_value(o),
             Object::ConfigMap(o) => serde_json::to_value(o),
+            Object::BackendTlsPolicy(o) => serde_json::to_value(&o.spec),
         };
         let mut value = value.unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(map) = &mut value {
@@ -287,6 +294,14 @@ impl Store {
             Object::Secret(x) => Some(&**x),
             _ => None,
         })
+    }
+
+    pub fn backend_tls_policies(&self) -> impl Iterator<Item = &BackendTlsPolicy> {
+        self.of_kind(Kind::BackendTlsPolicy)
+            .filter_map(|o| match o {
+                Object::BackendTlsPolicy(x) => Some(&**x),
+                _ => None,
+            })
     }
 
     pub fn config_maps(&self) -> impl Iterator<Item = &ConfigMap> {

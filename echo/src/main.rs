@@ -9,7 +9,8 @@
 //!
 //! Test knobs, sent by the client as request headers: `x-echo-delay-ms: N`
 //! answers after N milliseconds; `x-echo-status: N` answers with status N.
-//! `--grpc` serves the gRPC health service instead. `--delay-ms` delays
+//! `--grpc` serves the gRPC health service instead; `--tls-cert` and
+//! `--tls-key` serve HTTPS. `--delay-ms` delays
 //! every answer; `--record` keeps the description of
 //! every request and serves them as a JSON array at `GET /__echo/recorded`,
 //! for backends (mirrors) whose answers nobody sees.
@@ -48,6 +49,12 @@ struct Args {
     /// Record every request, served at `GET /__echo/recorded`.
     #[arg(long)]
     record: bool,
+    /// Serve HTTPS with this PEM certificate chain (and `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
     /// Serve gRPC instead (HTTP/2 cleartext): the standard health service
     /// (grpc.health.v1.Health), reporting SERVING for a service named like
     /// this backend, so a caller can tell which backend answered.
@@ -63,6 +70,8 @@ struct Echo {
     delay: std::time::Duration,
     /// `Some` with `--record`. A test backend: a lock is fine here.
     recorded: Option<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Serving HTTPS (reported in the JSON echo).
+    tls: bool,
 }
 
 #[tokio::main]
@@ -76,7 +85,12 @@ async fn main() -> anyhow::Result<()> {
         fixed_body: args.body.map(Bytes::from),
         delay: std::time::Duration::from_millis(args.delay_ms),
         recorded: args.record.then(Default::default),
+        tls: args.tls_cert.is_some(),
     });
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let local = listener.local_addr()?;
     if args.grpc {
         return serve_grpc(listener, &echo.name).await;
@@ -94,14 +108,24 @@ async fn main() -> anyhow::Result<()> {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let echo = echo.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let echo = echo.clone();
                         async move { Ok::<_, Infallible>(echo.respond(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = match acceptor {
+                        None => builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                .await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
             _ = &mut shutdown => return Ok(()),
@@ -189,6 +213,7 @@ impl Echo {
             "headers": headers,
             "body_len": body_len,
             "version": format!("{:?}", parts.version),
+            "tls": self.tls,
         });
         if let Some(recorded) = &self.recorded {
             recorded
@@ -236,6 +261,26 @@ async fn echo_websocket(name: Arc<str>, upgraded: hyper::upgrade::Upgraded) {
             break;
         }
     }
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn serve_grpc(listener: TcpListener, name: &str) -> anyhow::Result<()> {

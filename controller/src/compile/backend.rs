@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use gatehouse_snapshot::{Cluster, Endpoint, LoadBalancing, UpstreamProtocol};
 
+use crate::compile::backend_tls::BackendTlsPolicies;
 use crate::compile::grants::{Reference, ReferenceGrants};
 use crate::k8s::{BackendRef, EndpointSlice, SERVICE_NAME_LABEL, Service, ServicePort};
 use crate::status::BackendFailure;
@@ -27,6 +28,7 @@ pub struct Backends<'a> {
     services: HashMap<NsName<'a>, &'a Service>,
     slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>>,
     grants: ReferenceGrants<'a>,
+    tls: BackendTlsPolicies<'a>,
     clusters: BTreeMap<String, Cluster>,
 }
 
@@ -58,6 +60,7 @@ impl<'a> Backends<'a> {
             services,
             slices,
             grants: ReferenceGrants::new(store),
+            tls: BackendTlsPolicies::new(store),
             clusters: BTreeMap::new(),
         }
     }
@@ -139,6 +142,11 @@ impl<'a> Backends<'a> {
         Ok(name)
     }
 
+    /// The BackendTLSPolicies, for their status.
+    pub fn tls_policies(&self) -> &BackendTlsPolicies<'a> {
+        &self.tls
+    }
+
     /// A built cluster, by name.
     pub fn get(&self, name: &str) -> Option<&Cluster> {
         self.clusters.get(name)
@@ -164,6 +172,10 @@ impl<'a> Backends<'a> {
             .and_then(|a| a.get(LOAD_BALANCING_ANNOTATION))
             .is_some_and(|v| v == "least-request");
         let h2c = port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
+        let tls = self
+            .tls
+            .for_port(ns, service_name, port.name.as_deref().unwrap_or(""))
+            .map(|(_, tls, _)| tls);
         Cluster {
             name,
             endpoints,
@@ -177,6 +189,7 @@ impl<'a> Backends<'a> {
             } else {
                 UpstreamProtocol::Http1
             } as i32,
+            tls,
         }
     }
 }

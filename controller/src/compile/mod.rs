@@ -11,6 +11,7 @@
 
 mod attach;
 mod backend;
+mod backend_tls;
 mod filters;
 mod gateway;
 mod grants;
@@ -228,6 +229,13 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             ctx,
         ));
     }
+    statuses.extend(backend_tls_statuses(
+        &backends,
+        &gateways,
+        &routes,
+        &attachments,
+        options,
+    ));
     statuses
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     let gateway_groups = gateways
@@ -239,6 +247,66 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         statuses,
         gateway_groups,
     }
+}
+
+/// The status of every BackendTLSPolicy, with the Gateways whose accepted
+/// routes send to a Service it targets as its ancestors.
+fn backend_tls_statuses(
+    backends: &backend::Backends<'_>,
+    gateways: &[gateway::GatewayModel<'_>],
+    routes: &[route::RouteModel<'_>],
+    attachments: &[attach::Attachment],
+    options: &CompileOptions,
+) -> Vec<StatusEntry> {
+    let mut users: BTreeMap<(String, String), BTreeSet<(String, String)>> = BTreeMap::new();
+    for a in attachments.iter().filter(|a| a.accepted) {
+        let g = &gateways[a.gateway];
+        for rule in &routes[a.route].rules {
+            for cluster in rule.clusters() {
+                // "namespace/service:port[+h2c]"
+                let Some((ns, rest)) = cluster.split_once('/') else {
+                    continue;
+                };
+                let service = rest.split(':').next().unwrap_or(rest);
+                users
+                    .entry((ns.to_owned(), service.to_owned()))
+                    .or_default()
+                    .insert((g.namespace.clone(), g.name.clone()));
+            }
+        }
+    }
+    backends
+        .tls_policies()
+        .all()
+        .into_iter()
+        .map(|(policy, tls, failure)| {
+            let ns = policy
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let mut ancestors = BTreeSet::new();
+            for target in &policy.spec.target_refs {
+                if let Some(gs) = users.get(&(ns.clone(), target.name.clone())) {
+                    ancestors.extend(gs.iter().cloned());
+                }
+            }
+            let ancestors: Vec<_> = ancestors.into_iter().collect();
+            let trusts_something = tls.system_roots || !tls.ca_pem.is_empty();
+            let ctx = ConditionContext {
+                generation: policy.metadata.generation.unwrap_or(0),
+                now: &options.now,
+            };
+            status::conditions::backend_tls_policy(
+                &ns,
+                policy.metadata.name.as_deref().unwrap_or(""),
+                &ancestors,
+                failure.as_ref().map(|f| (f.reason, f.message.as_str())),
+                trusts_something,
+                ctx,
+            )
+        })
+        .collect()
 }
 
 /// Number of distinct accepted routes per (gateway, listener).

@@ -34,8 +34,8 @@ use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
     k8s::{
-        ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute, Namespace,
-        ReferenceGrant, Secret, Service,
+        BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
+        Namespace, ReferenceGrant, Secret, Service,
     },
     runtime,
     serve::SnapshotHub,
@@ -80,7 +80,7 @@ const BURST_QUIET: Duration = Duration::from_millis(50);
 const BURST_CAP: Duration = Duration::from_millis(500);
 
 /// The kinds watched, each listed before the first compile.
-const WATCHED: [Kind; 10] = [
+const WATCHED: [Kind; 11] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
@@ -91,6 +91,7 @@ const WATCHED: [Kind; 10] = [
     Kind::Namespace,
     Kind::Secret,
     Kind::ConfigMap,
+    Kind::BackendTlsPolicy,
 ];
 
 /// Runs until SIGTERM or SIGINT.
@@ -238,7 +239,15 @@ fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
         |o| Object::EndpointSlice(Box::new(o)),
         tx.clone(),
     );
-    // Client CA bundles of Gateways' spec.tls.frontend.
+    watch::spawn::<BackendTlsPolicy>(
+        client.clone(),
+        Kind::BackendTlsPolicy,
+        all(),
+        None,
+        |o| Object::BackendTlsPolicy(Box::new(o)),
+        tx.clone(),
+    );
+    // CA bundles of Gateways' spec.tls.frontend and of BackendTLSPolicies.
     watch::spawn::<ConfigMap>(
         client.clone(),
         Kind::ConfigMap,

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::compile::CONTROLLER_NAME;
-use crate::k8s::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
+use crate::k8s::{BackendTlsPolicy, Gateway, GatewayClass, GrpcRoute, HttpRoute};
 use crate::status::{StatusEntry, carry_transition_times};
 
 type Key = (String, Option<String>, String);
@@ -55,7 +55,7 @@ impl StatusWriter {
         let stale: Vec<Key> = self
             .written
             .keys()
-            .filter(|k| (k.0 == "HTTPRoute" || k.0 == "GRPCRoute") && !wanted.contains(*k))
+            .filter(|k| shared_list(&k.0).is_some() && !wanted.contains(*k))
             .cloned()
             .collect();
         for k in stale {
@@ -65,7 +65,7 @@ impl StatusWriter {
                 namespace: k.1.clone(),
                 name: k.2.clone(),
                 generation: 0,
-                status: serde_json::json!({ "parents": [] }),
+                status: serde_json::json!({ shared_list(&k.0).unwrap_or("parents"): [] }),
             };
             if self.write_one(&entry).await {
                 self.written.remove(&k);
@@ -95,6 +95,9 @@ impl StatusWriter {
             "Gateway" => write::<Gateway>(namespaced(&self.client, ns), entry, false).await,
             "HTTPRoute" => write::<HttpRoute>(namespaced(&self.client, ns), entry, true).await,
             "GRPCRoute" => write::<GrpcRoute>(namespaced(&self.client, ns), entry, true).await,
+            "BackendTLSPolicy" => {
+                write::<BackendTlsPolicy>(namespaced(&self.client, ns), entry, true).await
+            }
             other => {
                 debug!(kind = other, "no status writer for this kind");
                 return true;
@@ -140,7 +143,8 @@ where
         let cluster_status = object.get("status").cloned().unwrap_or(Value::Null);
         let mut desired = entry.clone();
         if shared_parents {
-            desired.status = merge_parents(&cluster_status, &entry.status);
+            let list = shared_list(&entry.kind).unwrap_or("parents");
+            desired.status = merge_ours(&cluster_status, &entry.status, list);
         }
         let previous = StatusEntry {
             status: cluster_status.clone(),
@@ -165,20 +169,30 @@ where
     anyhow::bail!("gave up after {ATTEMPTS} conflicting writes")
 }
 
-/// The cluster's parents of other controllers, then ours.
-fn merge_parents(cluster: &Value, ours: &Value) -> Value {
-    let foreign = cluster["parents"]
+/// The status list a kind shares with other controllers, if any: a
+/// route's `parents`, a policy's `ancestors`.
+fn shared_list(kind: &str) -> Option<&'static str> {
+    match kind {
+        "HTTPRoute" | "GRPCRoute" => Some("parents"),
+        "BackendTLSPolicy" => Some("ancestors"),
+        _ => None,
+    }
+}
+
+/// The cluster's `list` entries of other controllers, then ours.
+fn merge_ours(cluster: &Value, ours: &Value, list: &str) -> Value {
+    let foreign = cluster[list]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["controllerName"] != CONTROLLER_NAME)
         .cloned();
-    let mine = ours["parents"].as_array().into_iter().flatten().cloned();
+    let mine = ours[list].as_array().into_iter().flatten().cloned();
     let mut merged = match cluster {
         Value::Object(map) => Value::Object(map.clone()),
         _ => serde_json::json!({}),
     };
-    merged["parents"] = Value::Array(foreign.chain(mine).collect());
+    merged[list] = Value::Array(foreign.chain(mine).collect());
     merged
 }
 
@@ -213,7 +227,7 @@ mod tests {
         let ours = json!({"parents": [
             {"controllerName": CONTROLLER_NAME, "parentRef": {"name": "gw"}},
         ]});
-        let merged = merge_parents(&cluster, &ours);
+        let merged = merge_ours(&cluster, &ours, "parents");
         let names: Vec<&str> = merged["parents"]
             .as_array()
             .unwrap()

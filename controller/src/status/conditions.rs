@@ -398,6 +398,58 @@ impl RouteParentReport {
 
 /// HTTPRoute `status.parents`: our entries only (none when no parentRef
 /// names one of our Gateways).
+/// A BackendTLSPolicy's status: one entry per Gateway of ours whose routes
+/// send to a Service the policy targets (policy attachment's ancestor
+/// status). `failure` is the `ResolvedRefs` reason and message; with no
+/// trust left the policy is not accepted (`NoValidCACertificate`).
+pub fn backend_tls_policy(
+    namespace: &str,
+    name: &str,
+    ancestors: &[(String, String)],
+    failure: Option<(&str, &str)>,
+    trusts_something: bool,
+    ctx: ConditionContext<'_>,
+) -> StatusEntry {
+    let accepted = match trusts_something {
+        true => ctx.condition("Accepted", true, "Accepted", "Policy is accepted"),
+        false => ctx.condition(
+            "Accepted",
+            false,
+            "NoValidCACertificate",
+            "No CA certificate to verify the backend with: requests to it fail",
+        ),
+    };
+    let resolved = match failure {
+        None => ctx.condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "All references resolved",
+        ),
+        Some((reason, message)) => ctx.condition("ResolvedRefs", false, reason, message),
+    };
+    let ancestors: Vec<Value> = ancestors
+        .iter()
+        .map(|(ns, gateway)| {
+            object([
+                (
+                    "ancestorRef",
+                    json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": gateway}),
+                ),
+                ("controllerName", CONTROLLER_NAME.into()),
+                ("conditions", Value::Array(vec![accepted.clone(), resolved.clone()])),
+            ])
+        })
+        .collect();
+    entry(
+        "BackendTLSPolicy",
+        Some(namespace),
+        name,
+        ctx.generation,
+        object([("ancestors", Value::Array(ancestors))]),
+    )
+}
+
 /// An HTTPRoute's or GRPCRoute's status (the same shape).
 pub fn route(
     kind: &str,

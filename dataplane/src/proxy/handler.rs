@@ -19,7 +19,8 @@ use super::{
     Connection, Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody, upgrade,
 };
 use crate::table::{
-    CorsDecision, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, normalize_host,
+    CorsDecision, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, UpstreamTls,
+    normalize_host,
 };
 use gatehouse_snapshot::UpstreamProtocol;
 
@@ -240,19 +241,19 @@ impl Dataplane {
             if upgrade.is_some() {
                 return self
                     .upstream
-                    .send_upgrade(endpoint.address, upstream_request)
+                    .send_upgrade(endpoint.address, cluster.tls.as_deref(), upstream_request)
                     .await
                     .map(|response| (response, None));
             }
             match protocol {
                 UpstreamProtocol::Http1 => self
                     .upstream
-                    .send_http1(endpoint.address, upstream_request)
+                    .send_http1(endpoint.address, cluster.tls.as_deref(), upstream_request)
                     .await
                     .map(|(response, connection)| (response, Some(connection))),
                 UpstreamProtocol::H2c => self
                     .upstream
-                    .send_h2c(endpoint.address, upstream_request)
+                    .send_h2c(endpoint.address, cluster.tls.as_deref(), upstream_request)
                     .await
                     .map(|response| (response, None)),
             }
@@ -342,6 +343,7 @@ impl Dataplane {
                 self.clone(),
                 cluster.name.clone(),
                 endpoint.address,
+                cluster.tls.clone(),
                 cluster.protocol,
                 endpoint.begin(),
                 copy,
@@ -358,6 +360,7 @@ async fn send_mirror(
     dataplane: Arc<Dataplane>,
     cluster: Arc<str>,
     address: SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
     protocol: UpstreamProtocol,
     in_flight: InFlight,
     request: Request<RequestBody>,
@@ -366,10 +369,16 @@ async fn send_mirror(
         let (response, connection) = match protocol {
             UpstreamProtocol::Http1 => dataplane
                 .upstream
-                .send_http1(address, request)
+                .send_http1(address, tls.as_deref(), request)
                 .await
                 .map(|(response, connection)| (response, Some(connection)))?,
-            UpstreamProtocol::H2c => (dataplane.upstream.send_h2c(address, request).await?, None),
+            UpstreamProtocol::H2c => (
+                dataplane
+                    .upstream
+                    .send_h2c(address, tls.as_deref(), request)
+                    .await?,
+                None,
+            ),
         };
         let status = response.status();
         let body = ProxyBody::Upstream {

@@ -30,8 +30,10 @@ use hyper::{
 };
 
 use super::request_body::RequestBody;
+use crate::table::UpstreamTls;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when their
 /// response ends. Above the connection counts a proxy in front of one
@@ -84,13 +86,34 @@ impl Hasher for AddrHasher {
     }
 }
 
-type AddrMap<V> = HashMap<SocketAddr, Arc<V>, BuildHasherDefault<AddrHasher>>;
+/// What a pooled connection is to: an endpoint, and the TLS settings it was
+/// made with (0: clear text), so that clusters verifying the same endpoint
+/// differently never share a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    address: SocketAddr,
+    tls: u64,
+}
+
+impl PoolKey {
+    fn new(address: SocketAddr, tls: Option<&UpstreamTls>) -> Self {
+        Self {
+            address,
+            tls: tls.map_or(0, UpstreamTls::fingerprint),
+        }
+    }
+}
+
+type AddrMap<V> = HashMap<PoolKey, Arc<V>, BuildHasherDefault<AddrHasher>>;
 
 #[derive(Default)]
 pub struct Upstream {
     http1: ArcSwap<AddrMap<Http1Pool>>,
     h2: ArcSwap<AddrMap<H2Slot>>,
 }
+
+/// A connection to an endpoint, in clear text or over TLS.
+type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 pub struct Http1Pool {
     idle: ArrayQueue<http1::SendRequest<RequestBody>>,
@@ -151,16 +174,17 @@ impl Upstream {
     pub async fn send_http1(
         &self,
         address: SocketAddr,
+        tls: Option<&UpstreamTls>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
-        let pool = slot(&self.http1, address);
+        let pool = slot(&self.http1, PoolKey::new(address, tls));
         loop {
             let (mut sender, reused) = match checkout(&pool).await {
                 Some(sender) => (sender, true),
                 // Boxed: the connect and handshake state would otherwise
                 // widen every request's future, which is moved on each poll
                 // setup, for a path taken once per connection.
-                None => (Box::pin(connect_http1(address)).await?, false),
+                None => (Box::pin(connect_http1(address, tls)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, Checkin { pool, sender })),
@@ -180,9 +204,10 @@ impl Upstream {
     pub async fn send_h2c(
         &self,
         address: SocketAddr,
+        tls: Option<&UpstreamTls>,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.h2_sender(address).await?;
+        let mut sender = self.h2_sender(address, tls).await?;
         sender
             .ready()
             .await
@@ -199,9 +224,10 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         address: SocketAddr,
+        tls: Option<&UpstreamTls>,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let stream = connect_tcp(address).await?;
+        let stream = connect_io(address, tls).await?;
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
@@ -220,12 +246,12 @@ impl Upstream {
     /// requests keep theirs until they end.
     pub fn retain(&self, kept: &HashSet<SocketAddr>) {
         fn prune<V>(map: &ArcSwap<AddrMap<V>>, kept: &HashSet<SocketAddr>) {
-            if map.load().keys().all(|a| kept.contains(a)) {
+            if map.load().keys().all(|k| kept.contains(&k.address)) {
                 return;
             }
             map.rcu(|slots| {
                 let mut slots = AddrMap::clone(slots);
-                slots.retain(|a, _| kept.contains(a));
+                slots.retain(|k, _| kept.contains(&k.address));
                 slots
             });
         }
@@ -236,12 +262,13 @@ impl Upstream {
     async fn h2_sender(
         &self,
         address: SocketAddr,
+        tls: Option<&UpstreamTls>,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let slot = slot(&self.h2, address);
+        let slot = slot(&self.h2, PoolKey::new(address, tls));
         match slot.live() {
             Some(sender) => Ok(sender),
             // Boxed for the reason given in `send_http1`.
-            None => Box::pin(h2_connect(address, &slot)).await,
+            None => Box::pin(h2_connect(address, tls, &slot)).await,
         }
     }
 }
@@ -249,13 +276,14 @@ impl Upstream {
 /// Connects the h2c connection of `slot`, unless another request just did.
 async fn h2_connect(
     address: SocketAddr,
+    tls: Option<&UpstreamTls>,
     slot: &H2Slot,
 ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
     let _connecting = slot.connecting.lock().await;
     if let Some(sender) = slot.live() {
         return Ok(sender);
     }
-    let stream = connect_tcp(address).await?;
+    let stream = connect_io(address, tls).await?;
     let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
@@ -297,8 +325,9 @@ async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<RequestBody>> {
 
 async fn connect_http1(
     address: SocketAddr,
+    tls: Option<&UpstreamTls>,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-    let stream = connect_tcp(address).await?;
+    let stream = connect_io(address, tls).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
@@ -310,6 +339,27 @@ async fn connect_http1(
     Ok(sender)
 }
 
+/// A TCP connection, with a TLS handshake on top when the cluster asks.
+async fn connect_io(
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+) -> Result<UpstreamIo, UpstreamError> {
+    let stream = connect_tcp(address).await?;
+    match tls {
+        None => Ok(Either::Left(stream)),
+        Some(UpstreamTls::Unusable(why)) => Err(UpstreamError::Connect(address, why.clone())),
+        Some(UpstreamTls::Ready {
+            config,
+            server_name,
+            ..
+        }) => tokio_rustls::TlsConnector::from(config.clone())
+            .connect(server_name.clone(), stream)
+            .await
+            .map(Either::Right)
+            .map_err(|e| UpstreamError::Connect(address, format!("TLS: {e}"))),
+    }
+}
+
 async fn connect_tcp(address: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let connect_error = |e: std::io::Error| UpstreamError::Connect(address, e.to_string());
     let stream = TcpStream::connect(address).await.map_err(connect_error)?;
@@ -318,16 +368,16 @@ async fn connect_tcp(address: SocketAddr) -> Result<TcpStream, UpstreamError> {
 }
 
 /// The state for `address`, created on first use.
-fn slot<V: Default>(map: &ArcSwap<AddrMap<V>>, address: SocketAddr) -> Arc<V> {
-    if let Some(slot) = map.load().get(&address) {
+fn slot<V: Default>(map: &ArcSwap<AddrMap<V>>, key: PoolKey) -> Arc<V> {
+    if let Some(slot) = map.load().get(&key) {
         return slot.clone();
     }
     map.rcu(|slots| {
         let mut slots = AddrMap::clone(slots);
-        slots.entry(address).or_default();
+        slots.entry(key).or_default();
         slots
     });
-    map.load().get(&address).cloned().unwrap_or_default()
+    map.load().get(&key).cloned().unwrap_or_default()
 }
 
 /// The innermost cause, which names what went wrong ("connection reset")

@@ -81,6 +81,8 @@ pub struct Cluster {
     pub endpoints: Box<[Endpoint]>,
     pub load_balancing: LoadBalancing,
     pub protocol: UpstreamProtocol,
+    /// BackendTLSPolicy: connections to the endpoints use TLS.
+    pub tls: Option<Arc<super::UpstreamTls>>,
     /// Round-robin position, shared with the previous table's cluster of the
     /// same name.
     pub next: Arc<AtomicUsize>,
@@ -157,6 +159,7 @@ mod tests {
             endpoints: ports.iter().map(|p| endpoint(*p)).collect(),
             load_balancing,
             protocol: UpstreamProtocol::Http1,
+            tls: None,
             next: Arc::default(),
         }
     }

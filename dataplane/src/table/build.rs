@@ -442,11 +442,21 @@ fn build_cluster(
             })
         })
         .collect::<Result<_, _>>()?;
+    let tls = cluster
+        .tls
+        .as_ref()
+        .map(|tls| {
+            super::upstream_tls::build(tls, protocol == pb::UpstreamProtocol::H2c)
+                .map(Arc::new)
+                .map_err(|problem| err(format!("clusters[{i}].tls"), problem))
+        })
+        .transpose()?;
     Ok(Cluster {
         name: cluster.name.as_str().into(),
         endpoints,
         load_balancing,
         protocol,
+        tls,
         next: previous.map(|p| p.next.clone()).unwrap_or_default(),
     })
 }

@@ -15,6 +15,7 @@ mod filters;
 mod host;
 mod matching;
 mod tls;
+mod upstream_tls;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -27,6 +28,7 @@ pub use filters::{
 pub use gatehouse_snapshot::Snapshot;
 pub use host::{HostError, HostPattern, normalize_host};
 pub use matching::{PathMatch, RequestView, RouteMatch};
+pub use upstream_tls::UpstreamTls;
 
 /// A bound socket: the address and the port actually bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

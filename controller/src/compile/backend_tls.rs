@@ -1,0 +1,177 @@
+//! BackendTLSPolicy (Gateway API v1): a Service (or one named port of it,
+//! `sectionName`) whose endpoints are reached over TLS, verified against CA
+//! certificates from ConfigMaps (`ca.crt`, in the policy's namespace) or
+//! the system's trust store (`wellKnownCACertificates: System`), for
+//! `hostname` (also the SNI) or, when given, any of the `subjectAltNames` of
+//! type Hostname.
+//!
+//! A policy that cannot be honoured still applies: the cluster gets TLS with
+//! nothing trusted, so requests fail (502) rather than going out in clear
+//! text, and the policy's status says why (`ResolvedRefs` False with
+//! `InvalidCACertificateRef` or `InvalidKind`, `Accepted` False with
+//! `NoValidCACertificate`). When several policies target one port, the
+//! oldest wins (then namespace/name).
+
+use std::collections::HashMap;
+
+use gatehouse_snapshot::UpstreamTls;
+
+use crate::k8s::{BackendTlsPolicy, ConfigMap};
+use crate::store::Store;
+
+/// Why a policy's validation did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFailure {
+    /// `ResolvedRefs` reason: InvalidCACertificateRef or InvalidKind.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub struct BackendTlsPolicies<'a> {
+    by_service: HashMap<(&'a str, &'a str), Vec<&'a BackendTlsPolicy>>,
+    config_maps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
+}
+
+impl<'a> BackendTlsPolicies<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<&BackendTlsPolicy>> = HashMap::new();
+        for policy in store.backend_tls_policies() {
+            let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+            for target in &policy.spec.target_refs {
+                if target.group.is_empty() && target.kind == "Service" {
+                    let entry = by_service.entry((ns, target.name.as_str())).or_default();
+                    if !entry.iter().any(|p| std::ptr::eq(*p, policy)) {
+                        entry.push(policy);
+                    }
+                }
+            }
+        }
+        for policies in by_service.values_mut() {
+            policies.sort_by(|a, b| {
+                let key = |p: &BackendTlsPolicy| {
+                    (
+                        p.metadata.creation_timestamp.clone().is_none(),
+                        p.metadata.creation_timestamp.clone(),
+                        p.metadata.namespace.clone(),
+                        p.metadata.name.clone(),
+                    )
+                };
+                key(a).cmp(&key(b))
+            });
+        }
+        let config_maps = store
+            .config_maps()
+            .map(|c| {
+                let meta = &c.metadata;
+                (
+                    (
+                        meta.namespace.as_deref().unwrap_or("default"),
+                        meta.name.as_deref().unwrap_or(""),
+                    ),
+                    c,
+                )
+            })
+            .collect();
+        BackendTlsPolicies {
+            by_service,
+            config_maps,
+        }
+    }
+
+    /// The policy for port `port_name` of Service `ns/service`, and the TLS
+    /// it asks for.
+    pub fn for_port(
+        &self,
+        ns: &str,
+        service: &str,
+        port_name: &str,
+    ) -> Option<(&'a BackendTlsPolicy, UpstreamTls, Option<PolicyFailure>)> {
+        let policy = self.by_service.get(&(ns, service))?.iter().find(|p| {
+            p.spec.target_refs.iter().any(|t| {
+                t.name == service
+                    && t.section_name
+                        .as_deref()
+                        .is_none_or(|s| s.is_empty() || s == port_name)
+            })
+        })?;
+        let (tls, failure) = self.resolve(policy);
+        Some((policy, tls, failure))
+    }
+
+    /// Every policy with what its validation resolves to.
+    pub fn all(&self) -> Vec<(&'a BackendTlsPolicy, UpstreamTls, Option<PolicyFailure>)> {
+        let mut seen: Vec<(&'a BackendTlsPolicy, UpstreamTls, Option<PolicyFailure>)> = Vec::new();
+        for policies in self.by_service.values() {
+            for policy in policies {
+                if !seen.iter().any(|(p, _, _)| std::ptr::eq(*p, *policy)) {
+                    let (tls, failure) = self.resolve(policy);
+                    seen.push((*policy, tls, failure));
+                }
+            }
+        }
+        seen.sort_by_key(|(p, _, _)| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+        seen
+    }
+
+    fn resolve(&self, policy: &BackendTlsPolicy) -> (UpstreamTls, Option<PolicyFailure>) {
+        let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+        let validation = &policy.spec.validation;
+        let mut tls = UpstreamTls {
+            server_name: validation.hostname.to_ascii_lowercase(),
+            system_roots: validation.well_known_ca_certificates.as_deref() == Some("System"),
+            subject_alt_names: validation
+                .subject_alt_names
+                .iter()
+                .flatten()
+                .filter_map(|s| s.hostname.clone())
+                .collect(),
+            ..Default::default()
+        };
+        let mut failure = None;
+        if let Some(other) = validation
+            .well_known_ca_certificates
+            .as_deref()
+            .filter(|w| *w != "System")
+        {
+            failure = Some(PolicyFailure {
+                reason: "InvalidKind",
+                message: format!(
+                    "spec.validation.wellKnownCACertificates: {other:?} is not supported; supported: System"
+                ),
+            });
+        }
+        for (i, r) in validation.ca_certificate_refs.iter().flatten().enumerate() {
+            let field = format!("spec.validation.caCertificateRefs[{i}]");
+            if !r.group.is_empty() || r.kind != "ConfigMap" {
+                failure.get_or_insert(PolicyFailure {
+                    reason: "InvalidKind",
+                    message: format!(
+                        "{field}: kind {:?} of group {:?} is not supported; supported: ConfigMap",
+                        r.kind, r.group
+                    ),
+                });
+                continue;
+            }
+            let bundle = self
+                .config_maps
+                .get(&(ns, r.name.as_str()))
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get("ca.crt"));
+            let checked = bundle
+                .ok_or_else(|| "not found or has no ca.crt".to_owned())
+                .and_then(|pem| {
+                    gatehouse_snapshot::tls::client_roots(&[pem.as_bytes()]).map(|_| pem)
+                });
+            match checked {
+                Ok(pem) => tls.ca_pem.push(pem.clone().into_bytes()),
+                Err(problem) => {
+                    failure.get_or_insert(PolicyFailure {
+                        reason: "InvalidCACertificateRef",
+                        message: format!("{field}: ConfigMap \"{ns}/{}\" {problem}", r.name),
+                    });
+                }
+            }
+        }
+        (tls, failure)
+    }
+}

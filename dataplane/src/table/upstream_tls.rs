@@ -1,0 +1,171 @@
+//! BackendTLSPolicy in the data plane: the rustls client config a cluster's
+//! connections use, built with the table. Trust is the policy's CA bundles
+//! and/or the system's roots (read once per process); the certificate must
+//! be valid for the server name, or, when the policy lists subject
+//! alternative names, for one of them. A policy with nothing to trust still
+//! yields TLS, one that fails every connection: never clear text.
+
+use std::sync::{Arc, OnceLock};
+
+use gatehouse_snapshot as pb;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// How a cluster's connections are secured.
+#[derive(Debug)]
+pub enum UpstreamTls {
+    Ready {
+        config: Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+        /// Identifies these settings: connections are pooled per endpoint
+        /// and settings.
+        fingerprint: u64,
+    },
+    /// Nothing to verify the backend with: every connection fails.
+    Unusable(String),
+}
+
+impl UpstreamTls {
+    /// Non-zero; equal for equal settings across tables.
+    pub fn fingerprint(&self) -> u64 {
+        match self {
+            Self::Ready { fingerprint, .. } => *fingerprint,
+            Self::Unusable(_) => 1,
+        }
+    }
+}
+
+/// The system's trust store, loaded on first use.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for error in &loaded.errors {
+            tracing::warn!(%error, "reading the system's CA certificates");
+        }
+        loaded.certs
+    })
+}
+
+/// Builds the client side of a BackendTLSPolicy; `Err` is a snapshot
+/// field problem (an unparsable server name).
+pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
+    let server_name = ServerName::try_from(tls.server_name.clone())
+        .map_err(|_| format!("server_name {:?} is not a DNS name", tls.server_name))?;
+    let mut roots = RootCertStore::empty();
+    if !tls.ca_pem.is_empty() {
+        let bundles: Vec<&[u8]> = tls.ca_pem.iter().map(Vec::as_slice).collect();
+        match gatehouse_snapshot::tls::client_roots(&bundles) {
+            Ok(store) => roots.roots.extend(store.roots),
+            Err(problem) => return Ok(UpstreamTls::Unusable(problem)),
+        }
+    }
+    if tls.system_roots {
+        roots.add_parsable_certificates(system_roots().iter().cloned());
+    }
+    if roots.is_empty() {
+        return Ok(UpstreamTls::Unusable(
+            "no CA certificate to verify the backend with".into(),
+        ));
+    }
+    let provider = gatehouse_snapshot::tls::shared_provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.subject_alt_names.is_empty() {
+        true => webpki,
+        false => Arc::new(AnyOfNames {
+            inner: webpki,
+            names: tls
+                .subject_alt_names
+                .iter()
+                .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                .collect(),
+        }),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &tls.server_name,
+            &tls.ca_pem,
+            tls.system_roots,
+            &tls.subject_alt_names,
+            h2,
+        )
+            .hash(&mut hasher);
+        hasher.finish() | 2
+    };
+    Ok(UpstreamTls::Ready {
+        config: Arc::new(config),
+        server_name,
+        fingerprint,
+    })
+}
+
+/// Gateway API `subjectAltNames`: the certificate must be valid for one of
+/// these names (the hostname is then only the SNI). Chain and signature
+/// checks are the WebPKI verifier's.
+#[derive(Debug)]
+struct AnyOfNames {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for AnyOfNames {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _sni: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no subject alternative name to verify".into());
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            {
+                Ok(verified) => return Ok(verified),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

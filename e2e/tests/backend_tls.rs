@@ -1,0 +1,123 @@
+//! BackendTLSPolicy end to end: the gateway re-encrypts to an HTTPS echo
+//! backend and verifies it against a CA from a ConfigMap, for the policy's
+//! hostname; a wrong name or a missing CA fails the request (502), never
+//! falls back to clear text, and the policy's status says why.
+
+use gatehouse_e2e::tls::TestCa;
+use gatehouse_e2e::{Echo, HttpClient, Standalone, manifests};
+use serde_json::Value;
+
+fn policy(name: &str, service: &str, hostname: &str, ca: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: {service}}}]\n  validation:\n    hostname: {hostname}\n    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: {ca}}}]\n"
+    )
+}
+
+fn rule(host: &str, service: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {service}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{host}]\n  rules:\n  - backendRefs: [{{name: {service}, port: 80}}]\n"
+    )
+}
+
+fn conditions(status: &Value) -> Vec<(String, String, String)> {
+    status["status"]["ancestors"][0]["conditions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ancestor in {status}"))
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+                c["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reencrypts_and_verifies_backends() {
+    let ca = TestCa::new();
+    let issued = ca.issue(&["backend.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let backend = Echo::start_with(
+        "tls-backend",
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}",
+        indent(&ca.cert_pem)
+    );
+    let docs = [
+        manifests::gateway(),
+        config_map,
+        manifests::service("default", "good", &[backend.port()]),
+        manifests::service("default", "wrong-name", &[backend.port()]),
+        manifests::service("default", "no-ca", &[backend.port()]),
+        policy("good", "good", "backend.test", "backend-ca"),
+        policy("wrong-name", "wrong-name", "other.test", "backend-ca"),
+        policy("no-ca", "no-ca", "backend.test", "missing-ca"),
+        rule("good.test", "good"),
+        rule("wrong.test", "wrong-name"),
+        rule("noca.test", "no-ca"),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
+    let client = HttpClient::new();
+    let url = gw.url(80, "/over-tls");
+    let good = client.get(&url, Some("good.test")).await.unwrap();
+    assert_eq!(good.status, 200, "{}", good.text());
+    assert_eq!(good.echo()["tls"], true, "the backend saw TLS");
+    assert_eq!(good.echo()["path"], "/over-tls");
+    for host in ["wrong.test", "noca.test"] {
+        let failed = client.get(&url, Some(host)).await.unwrap();
+        assert_eq!(failed.status, 502, "{host}: {}", failed.text());
+    }
+
+    let status = gw
+        .status_of("BackendTLSPolicy", "default/good")
+        .await
+        .unwrap();
+    assert_eq!(
+        status["status"]["ancestors"][0]["ancestorRef"]["name"],
+        "gw"
+    );
+    assert_eq!(
+        conditions(&status),
+        [
+            ("Accepted".into(), "True".into(), "Accepted".into()),
+            ("ResolvedRefs".into(), "True".into(), "ResolvedRefs".into())
+        ]
+    );
+    let status = gw
+        .status_of("BackendTLSPolicy", "default/no-ca")
+        .await
+        .unwrap();
+    assert_eq!(
+        conditions(&status),
+        [
+            (
+                "Accepted".into(),
+                "False".into(),
+                "NoValidCACertificate".into()
+            ),
+            (
+                "ResolvedRefs".into(),
+                "False".into(),
+                "InvalidCACertificateRef".into()
+            )
+        ]
+    );
+}
