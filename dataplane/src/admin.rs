@@ -73,7 +73,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 
 async fn snapshot(State(admin): State<Arc<Admin>>) -> Response {
     let table = admin.dataplane.table();
-    Json(table.snapshot().as_ref().clone()).into_response()
+    Json(gatehouse_snapshot::debug_json(table.snapshot().as_ref())).into_response()
 }
 
 struct DataplaneCollector(Arc<Dataplane>);

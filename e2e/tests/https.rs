@@ -104,6 +104,30 @@ async fn https_serves_the_certificate_of_the_listener_the_sni_selects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_endpoints_never_show_private_keys() {
+    let s = setup().await;
+    let url = format!("http://{}/debug/snapshots", s.gw.admin);
+    let body = gatehouse_e2e::HttpClient::new()
+        .get(&url, None)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        body.contains("chainPem"),
+        "certificates are shown: {body:.200}"
+    );
+    assert!(body.contains("\"keyPem\":\"<redacted>\""), "{body:.200}");
+    for cert in &s.certs {
+        let key_body: String = cert
+            .key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(!body.contains(&key_body[..40]), "a private key leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_for_another_listener_than_the_sni_is_misdirected() {
     let s = setup().await;
     let addr = s.gw.socket(443);

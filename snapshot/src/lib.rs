@@ -59,6 +59,30 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// The JSON form of a snapshot for debug output: every private key
+/// (`Certificate.key_pem`) replaced by `"<redacted>"`, so that a debug
+/// endpoint never hands out what the TLS listeners hold secret.
+pub fn debug_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    fn redact(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map.iter_mut() {
+                    if key == "keyPem" {
+                        *inner = "<redacted>".into();
+                    } else {
+                        redact(inner);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(value).unwrap_or_default();
+    redact(&mut json);
+    json
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

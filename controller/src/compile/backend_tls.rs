@@ -172,6 +172,21 @@ impl<'a> BackendTlsPolicies<'a> {
                 }
             }
         }
+        // URI subject alternative names (SPIFFE IDs and the like) are not
+        // verified yet: fail closed rather than check only the hostname.
+        let uris = validation
+            .subject_alt_names
+            .iter()
+            .flatten()
+            .any(|s| s.uri.is_some());
+        if uris {
+            tls.ca_pem.clear();
+            tls.system_roots = false;
+            failure = Some(PolicyFailure {
+                reason: "InvalidKind",
+                message: "spec.validation.subjectAltNames: type URI is not supported; requests to the backend fail until it is removed".into(),
+            });
+        }
         (tls, failure)
     }
 }

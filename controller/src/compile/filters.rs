@@ -445,9 +445,14 @@ fn path_modifier(
         }
     };
     let (Path::Full(value) | Path::Prefix(value)) = &path;
-    if !value.starts_with('/') || !value.bytes().all(|b| b.is_ascii_graphic()) {
+    // The data plane places the value in a URI: the same parse decides here,
+    // so a value it would refuse never reaches a snapshot.
+    if !value.starts_with('/')
+        || value.contains(['?', '#'])
+        || http::uri::PathAndQuery::try_from(value.as_str()).is_err()
+    {
         return Err(format!(
-            "{field}: {value:?} must start with \"/\" and contain no spaces or control characters"
+            "{field}: {value:?} is not an absolute URI path (no spaces, quotes, '<', '>', '?' or '#')"
         ));
     }
     Ok(Some(pb::PathModifier { path: Some(path) }))

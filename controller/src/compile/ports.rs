@@ -74,9 +74,8 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                     u32::from(l.port) + u32::from(input.options.port_offset),
                 );
                 // `sharing` keeps HTTP and HTTPS off one socket.
-                // Gateways sharing an HTTPS port share its handshake: the
-                // first one (namespace/name order) with a client validation
-                // sets it.
+                // Gateways sharing an HTTPS port share its handshake, so
+                // `sharing` lets only equal client validations share one.
                 let (_, _, validation, listeners) =
                     ports
                         .entry(key)

@@ -28,6 +28,8 @@ struct Holder {
     group: String,
     gateway: String,
     protocol: Protocol,
+    /// HTTPS: client certificate validation, which is per socket.
+    validation: Option<gatehouse_snapshot::ClientValidation>,
 }
 
 /// Marks listeners that cannot share a socket with older Gateways'.
@@ -52,7 +54,10 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                     .iter()
                     .filter(|h| h.gateway != gateway && overlaps(h.address, *address))
                     .find(|h| {
-                        h.address != *address || h.group != g.group || h.protocol != l.protocol
+                        h.address != *address
+                            || h.group != g.group
+                            || h.protocol != l.protocol
+                            || h.validation != l.client_validation
                     })
                     .map(|h| (*address, h))
             });
@@ -62,6 +67,8 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                         format!(" in cluster group {:?}", h.group)
                     } else if h.protocol != l.protocol {
                         format!(" with protocol {}", h.protocol.as_str_name())
+                    } else if h.validation != l.client_validation {
+                        " with other client certificate validation (spec.tls.frontend)".to_owned()
                     } else {
                         String::new()
                     };
@@ -75,6 +82,7 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                     group: g.group.clone(),
                     gateway: gateway.clone(),
                     protocol: l.protocol,
+                    validation: l.client_validation.clone(),
                 })),
             }
         }

@@ -40,10 +40,16 @@ pub fn spawn(client: Client, config: LeaseConfig, leader: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         loop {
-            let held = match try_hold(&api, &config).await {
-                Ok(held) => held,
-                Err(error) => {
+            // A round that cannot finish before the next one is due loses
+            // the lease here, before another replica may take it over.
+            let held = match tokio::time::timeout(config.renew, try_hold(&api, &config)).await {
+                Ok(Ok(held)) => held,
+                Ok(Err(error)) => {
                     warn!(%error, lease = %config.name, "lease round failed");
+                    false
+                }
+                Err(_) => {
+                    warn!(lease = %config.name, "lease round timed out");
                     false
                 }
             };

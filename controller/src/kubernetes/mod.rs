@@ -112,10 +112,15 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
     drop(changes_tx);
 
     let leader = Arc::new(AtomicBool::new(false));
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("gatehouse-{}", std::process::id()));
+    // Without POD_NAME: unique per process start, never the same in two
+    // containers (whose pids may both be 1).
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("gatehouse-{}-{nanos:x}", std::process::id())
+    });
     lease::spawn(
         client.clone(),
         lease::LeaseConfig {
@@ -392,7 +397,7 @@ impl Loop {
         }
         {
             let mut view = self.view.write().expect("view lock");
-            view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
+            view.snapshots = gatehouse_snapshot::debug_json(&snapshots);
         }
         self.hub.publish(&snapshots);
         self.statuses = statuses;

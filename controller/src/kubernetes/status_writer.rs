@@ -52,12 +52,23 @@ impl StatusWriter {
     /// our parents off routes that no longer have an entry.
     pub async fn write(&mut self, entries: &[StatusEntry]) {
         let wanted: BTreeSet<Key> = entries.iter().map(key).collect();
-        let stale: Vec<Key> = self
+        let gone: Vec<Key> = self
             .written
             .keys()
-            .filter(|k| shared_list(&k.0).is_some() && !wanted.contains(*k))
+            .filter(|k| !wanted.contains(*k))
             .cloned()
             .collect();
+        // Objects we no longer report on: forget them (one recreated later
+        // is written again), and take our entries off shared lists.
+        let mut stale = Vec::new();
+        for k in gone {
+            match shared_list(&k.0) {
+                Some(_) => stale.push(k),
+                None => {
+                    self.written.remove(&k);
+                }
+            }
+        }
         for k in stale {
             let entry = StatusEntry {
                 api_version: String::new(),

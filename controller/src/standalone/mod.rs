@@ -191,7 +191,7 @@ impl Cycle {
         {
             let mut view = self.view.write().expect("view lock");
             view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
-            view.snapshots = serde_json::to_value(&snapshots).unwrap_or_default();
+            view.snapshots = gatehouse_snapshot::debug_json(&snapshots);
             view.expected_nodes = match supervisor {
                 Some(_) => groups
                     .iter()

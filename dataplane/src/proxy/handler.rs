@@ -327,6 +327,10 @@ impl Dataplane {
         let (body, copies) = body.split(selected.len());
         for (mirror, copy) in selected.into_iter().zip(copies) {
             let cluster = table.cluster(mirror.cluster);
+            let Some(slot) = MirrorSlot::take(&self.mirrors_in_flight) else {
+                tracing::debug!(cluster = %cluster.name, "too many mirrored requests in flight; not mirrored");
+                continue;
+            };
             let Some(endpoint) = cluster.pick_endpoint(rand::random()) else {
                 tracing::debug!(cluster = %cluster.name, "mirror has no endpoint");
                 continue;
@@ -339,15 +343,15 @@ impl Dataplane {
             let Ok(copy) = upstream_request(head, conn, cluster.protocol) else {
                 continue;
             };
-            tokio::spawn(send_mirror(
-                self.clone(),
-                cluster.name.clone(),
-                endpoint.address,
-                cluster.tls.clone(),
-                cluster.protocol,
-                endpoint.begin(),
-                copy,
-            ));
+            let target = MirrorTarget {
+                _slot: slot,
+                cluster: cluster.name.clone(),
+                address: endpoint.address,
+                tls: cluster.tls.clone(),
+                protocol: cluster.protocol,
+                in_flight: endpoint.begin(),
+            };
+            tokio::spawn(send_mirror(self.clone(), target, copy));
         }
         Request::from_parts(parts, body)
     }
@@ -356,15 +360,52 @@ impl Dataplane {
 /// Longest a mirrored request may take; its response is read and dropped.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn send_mirror(
-    dataplane: Arc<Dataplane>,
+/// Mirrored requests allowed in flight at once, per data plane.
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
+
+/// One of the `MAX_MIRRORS_IN_FLIGHT` places, given back when dropped.
+struct MirrorSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl MirrorSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if count.fetch_add(1, Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
+            count.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for MirrorSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Where one mirrored copy goes, and the counts it holds while it runs.
+struct MirrorTarget {
+    _slot: MirrorSlot,
     cluster: Arc<str>,
     address: SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
     protocol: UpstreamProtocol,
     in_flight: InFlight,
+}
+
+async fn send_mirror(
+    dataplane: Arc<Dataplane>,
+    target: MirrorTarget,
     request: Request<RequestBody>,
 ) {
+    let MirrorTarget {
+        _slot,
+        cluster,
+        address,
+        tls,
+        protocol,
+        in_flight,
+    } = target;
     let exchange = async {
         let (response, connection) = match protocol {
             UpstreamProtocol::Http1 => dataplane

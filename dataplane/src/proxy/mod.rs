@@ -69,6 +69,9 @@ pub struct Dataplane {
     stats: StatsRegistry,
     acks: AtomicU64,
     nacks: AtomicU64,
+    /// Mirrored requests still running, capped so that a slow mirror can
+    /// never pile up connections and tasks.
+    mirrors_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Dataplane {
@@ -81,6 +84,7 @@ impl Dataplane {
             stats: StatsRegistry::default(),
             acks: AtomicU64::new(0),
             nacks: AtomicU64::new(0),
+            mirrors_in_flight: Arc::default(),
         })
     }
 

@@ -296,6 +296,9 @@ async fn h2_connect(
     Ok(sender)
 }
 
+/// Longest a TCP connect to an endpoint may take (then 502).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest wait for a pooled connection to become ready for the next
 /// request before it is given up.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
@@ -362,7 +365,10 @@ async fn connect_io(
 
 async fn connect_tcp(address: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let connect_error = |e: std::io::Error| UpstreamError::Connect(address, e.to_string());
-    let stream = TcpStream::connect(address).await.map_err(connect_error)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| UpstreamError::Connect(address, "timed out".into()))?
+        .map_err(connect_error)?;
     stream.set_nodelay(true).map_err(connect_error)?;
     Ok(stream)
 }

@@ -52,8 +52,14 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 /// Builds the client side of a BackendTLSPolicy; `Err` is a snapshot
 /// field problem (an unparsable server name).
 pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
-    let server_name = ServerName::try_from(tls.server_name.clone())
-        .map_err(|_| format!("server_name {:?} is not a DNS name", tls.server_name))?;
+    // Fails closed rather than rejecting the snapshot: one policy must not
+    // stop a whole group's configuration.
+    let Ok(server_name) = ServerName::try_from(tls.server_name.clone()) else {
+        return Ok(UpstreamTls::Unusable(format!(
+            "server_name {:?} is not a DNS name",
+            tls.server_name
+        )));
+    };
     let mut roots = RootCertStore::empty();
     if !tls.ca_pem.is_empty() {
         let bundles: Vec<&[u8]> = tls.ca_pem.iter().map(Vec::as_slice).collect();
