@@ -19,6 +19,15 @@ use gatehouse_snapshot::UpstreamTls;
 use crate::k8s::{BackendTlsPolicy, ConfigMap};
 use crate::store::Store;
 
+/// What compile found about one policy, for its status.
+pub struct PolicyReport<'a> {
+    pub policy: &'a BackendTlsPolicy,
+    pub tls: UpstreamTls,
+    pub failure: Option<PolicyFailure>,
+    /// The older policy that takes this one's target, if any.
+    pub conflicted_with: Option<String>,
+}
+
 /// Why a policy's validation did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyFailure {
@@ -99,18 +108,55 @@ impl<'a> BackendTlsPolicies<'a> {
     }
 
     /// Every policy with what its validation resolves to.
-    pub fn all(&self) -> Vec<(&'a BackendTlsPolicy, UpstreamTls, Option<PolicyFailure>)> {
-        let mut seen: Vec<(&'a BackendTlsPolicy, UpstreamTls, Option<PolicyFailure>)> = Vec::new();
+    pub fn all(&self) -> Vec<PolicyReport<'a>> {
+        let mut seen: Vec<PolicyReport<'a>> = Vec::new();
         for policies in self.by_service.values() {
             for policy in policies {
-                if !seen.iter().any(|(p, _, _)| std::ptr::eq(*p, *policy)) {
+                if !seen.iter().any(|r| std::ptr::eq(r.policy, *policy)) {
                     let (tls, failure) = self.resolve(policy);
-                    seen.push((*policy, tls, failure));
+                    seen.push(PolicyReport {
+                        policy,
+                        tls,
+                        failure,
+                        conflicted_with: self.older_rival(policy),
+                    });
                 }
             }
         }
-        seen.sort_by_key(|(p, _, _)| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+        seen.sort_by_key(|r| {
+            (
+                r.policy.metadata.namespace.clone(),
+                r.policy.metadata.name.clone(),
+            )
+        });
         seen
+    }
+
+    /// An older policy with the same target (Service and sectionName), which
+    /// wins: spec (`BackendTLSPolicy`), the older one applies and the other
+    /// is `Accepted` False with reason `Conflicted`.
+    fn older_rival(&self, policy: &BackendTlsPolicy) -> Option<String> {
+        let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+        policy.spec.target_refs.iter().find_map(|target| {
+            let same = |p: &&&BackendTlsPolicy| {
+                p.spec
+                    .target_refs
+                    .iter()
+                    .any(|t| t.name == target.name && t.section_name == target.section_name)
+            };
+            let winner = self
+                .by_service
+                .get(&(ns, target.name.as_str()))?
+                .iter()
+                .find(same)?;
+            (!std::ptr::eq(*winner, policy)).then(|| {
+                format!(
+                    "{}/{}",
+                    winner.metadata.namespace.as_deref().unwrap_or("default"),
+                    winner.metadata.name.as_deref().unwrap_or("")
+                )
+            })
+        })
     }
 
     fn resolve(&self, policy: &BackendTlsPolicy) -> (UpstreamTls, Option<PolicyFailure>) {

@@ -279,7 +279,8 @@ fn backend_tls_statuses(
         .tls_policies()
         .all()
         .into_iter()
-        .map(|(policy, tls, failure)| {
+        .map(|report| {
+            let policy = report.policy;
             let ns = policy
                 .metadata
                 .namespace
@@ -292,7 +293,7 @@ fn backend_tls_statuses(
                 }
             }
             let ancestors: Vec<_> = ancestors.into_iter().collect();
-            let trusts_something = tls.system_roots || !tls.ca_pem.is_empty();
+            let trusts_something = report.tls.system_roots || !report.tls.ca_pem.is_empty();
             let ctx = ConditionContext {
                 generation: policy.metadata.generation.unwrap_or(0),
                 now: &options.now,
@@ -301,8 +302,12 @@ fn backend_tls_statuses(
                 &ns,
                 policy.metadata.name.as_deref().unwrap_or(""),
                 &ancestors,
-                failure.as_ref().map(|f| (f.reason, f.message.as_str())),
+                report
+                    .failure
+                    .as_ref()
+                    .map(|f| (f.reason, f.message.as_str())),
                 trusts_something,
+                report.conflicted_with.as_deref(),
                 ctx,
             )
         })

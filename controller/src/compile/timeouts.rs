@@ -32,7 +32,8 @@ pub fn rule_timeouts(index: usize, timeouts: Option<&Timeouts>) -> Result<(u32, 
     Ok((request, backend))
 }
 
-/// Milliseconds of a Gateway API Duration, if it is one and fits in u32.
+/// Milliseconds of a Gateway API Duration, if it is one (saturating at
+/// u32::MAX).
 pub fn parse_duration(value: &str) -> Option<u32> {
     let mut rest = value.as_bytes();
     let mut total: u64 = 0;
@@ -58,7 +59,8 @@ pub fn parse_duration(value: &str) -> Option<u32> {
     if !(1..=4).contains(&parts) {
         return None;
     }
-    u32::try_from(total).ok()
+    // Longer than u32 milliseconds (about 49 days) is as good as none.
+    Some(u32::try_from(total).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -73,6 +75,7 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(3_600_000));
         assert_eq!(parse_duration("0s"), Some(0));
         assert_eq!(parse_duration("1h1m1s1ms"), Some(3_661_001));
+        assert_eq!(parse_duration("99999h"), Some(u32::MAX));
         for bad in [
             "",
             "1",

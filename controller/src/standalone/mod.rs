@@ -205,8 +205,11 @@ impl Cycle {
         self.gateway_groups = gateway_groups;
         // The view now shows the compiled statuses alone.
         self.shown_rejections.clear();
-        self.refresh_rejections();
         self.hub.publish(&snapshots);
+        // After the publish: a rejection of the version just replaced no
+        // longer counts, and one of the new version can only come later
+        // (through `hub_changes`), never before a data plane could ACK it.
+        self.refresh_rejections();
         if let Some(supervisor) = supervisor {
             supervisor.ensure(&groups).await;
         }

@@ -408,11 +408,18 @@ pub fn backend_tls_policy(
     ancestors: &[(String, String)],
     failure: Option<(&str, &str)>,
     trusts_something: bool,
+    conflicted_with: Option<&str>,
     ctx: ConditionContext<'_>,
 ) -> StatusEntry {
-    let accepted = match trusts_something {
-        true => ctx.condition("Accepted", true, "Accepted", "Policy is accepted"),
-        false => ctx.condition(
+    let accepted = match (conflicted_with, trusts_something) {
+        (Some(winner), _) => ctx.condition(
+            "Accepted",
+            false,
+            "Conflicted",
+            &format!("The older BackendTLSPolicy {winner} has the same target and applies"),
+        ),
+        (None, true) => ctx.condition("Accepted", true, "Accepted", "Policy is accepted"),
+        (None, false) => ctx.condition(
             "Accepted",
             false,
             "NoValidCACertificate",

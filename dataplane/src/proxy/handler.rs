@@ -233,7 +233,8 @@ impl Dataplane {
             Some(_) => UpstreamProtocol::Http1,
             None => cluster.protocol,
         };
-        let mut upstream_request = upstream_request(request, conn, protocol)?;
+        let mut upstream_request =
+            upstream_request(request, conn, protocol, cluster.tls.is_some())?;
         if let Some((asked, _)) = &upgrade {
             upgrade::restore(upstream_request.headers_mut(), asked);
         }
@@ -340,7 +341,8 @@ impl Dataplane {
             *head.uri_mut() = parts.uri.clone();
             *head.version_mut() = parts.version;
             *head.headers_mut() = parts.headers.clone();
-            let Ok(copy) = upstream_request(head, conn, cluster.protocol) else {
+            let Ok(copy) = upstream_request(head, conn, cluster.protocol, cluster.tls.is_some())
+            else {
                 continue;
             };
             let target = MirrorTarget {
@@ -507,6 +509,7 @@ fn upstream_request<B>(
     request: Request<B>,
     conn: &Connection,
     protocol: UpstreamProtocol,
+    tls: bool,
 ) -> Result<Request<B>, ProxyError> {
     let uri_authority = request.uri().authority().cloned();
     let (mut parts, body) = request.into_parts();
@@ -544,7 +547,12 @@ fn upstream_request<B>(
         UpstreamProtocol::H2c => {
             parts.headers.remove(header::HOST);
             let mut uri_parts = uri::Parts::default();
-            uri_parts.scheme = Some(uri::Scheme::HTTP);
+            // RFC 9113 §8.3.1: the scheme of the hop, https over TLS.
+            uri_parts.scheme = Some(if tls {
+                uri::Scheme::HTTPS
+            } else {
+                uri::Scheme::HTTP
+            });
             uri_parts.authority = Some(authority);
             uri_parts.path_and_query = Some(path);
             parts.version = Version::HTTP_2;

@@ -423,9 +423,10 @@ fn cors(c: &pb::Cors) -> Result<Cors, FieldError> {
         headers: allowed("allow_headers", &c.allow_headers, Allowed::Nothing)?,
         expose: match allowed("expose_headers", &c.expose_headers, Allowed::Nothing)? {
             Allowed::These(value) => Some(value),
-            // "*" exposes every header of a request without credentials.
-            Allowed::Requested => Some(HeaderValue::from_static("*")),
-            Allowed::Nothing => None,
+            // "*" exposes every header of a request without credentials;
+            // with credentials it would name a header "*" (Fetch §3.2.3).
+            Allowed::Requested if !c.allow_credentials => Some(HeaderValue::from_static("*")),
+            Allowed::Requested | Allowed::Nothing => None,
         },
         max_age: HeaderValue::from(c.max_age_seconds),
     })
