@@ -12,8 +12,6 @@ pub use gateway_api::apis::standard::gateways::{
     GatewayListenersAllowedRoutesNamespacesSelector as NamespaceSelector,
     GatewayListenersTls as ListenerTls, GatewayListenersTlsCertificateRefs as CertificateRef,
     GatewayListenersTlsMode as TlsMode, GatewaySpec, GatewayTls,
-    GatewayTlsFrontendDefaultValidationMode as DefaultValidationMode,
-    GatewayTlsFrontendPerPortTlsValidationMode as PerPortValidationMode,
 };
 pub use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 pub use gateway_api::apis::standard::httproutes::{

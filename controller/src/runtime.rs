@@ -77,6 +77,40 @@ pub async fn start_admin(
     Ok(local)
 }
 
+/// Now, to the second, as condition times are written.
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    use k8s_openapi::jiff::{Timestamp, Unit};
+    Timestamp::now()
+        .round(Unit::Second)
+        .unwrap_or(Timestamp::now())
+}
+
+/// RFC 3339, as `lastTransitionTime` is written.
+pub fn rfc3339(time: k8s_openapi::jiff::Timestamp) -> String {
+    time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The statuses of the last compile, so that a condition that still holds
+/// keeps its `lastTransitionTime` (see `carry_transition_times`).
+#[derive(Default)]
+pub struct StatusHistory(std::collections::BTreeMap<(String, Option<String>, String), StatusEntry>);
+
+impl StatusHistory {
+    /// Carries the times of the previous compile into `statuses`, then
+    /// remembers them for the next one.
+    pub fn carry(&mut self, statuses: &mut [StatusEntry]) {
+        for status in statuses.iter_mut() {
+            if let Some(previous) = self.0.get(&status_key(status)) {
+                crate::status::carry_transition_times(previous, status);
+            }
+        }
+        self.0 = statuses
+            .iter()
+            .map(|s| (status_key(s), s.clone()))
+            .collect();
+    }
+}
+
 /// The key of a status entry: (kind, namespace, name).
 pub fn status_key(status: &StatusEntry) -> (String, Option<String>, String) {
     (

@@ -153,71 +153,38 @@ impl Secrets<'_> {
         let Some(frontend) = tls.and_then(|t| t.frontend.as_ref()) else {
             return FrontendValidation::default();
         };
+        // `default` and `perPort[].tls` have distinct generated types of one
+        // JSON shape: read the one that applies through a single view.
         let per_port = frontend
             .per_port
             .iter()
             .flatten()
-            .position(|p| p.port == port);
-        let (field, refs, insecure) = match per_port {
-            Some(i) => {
-                let entry = &frontend.per_port.as_deref().unwrap_or_default()[i];
-                let Some(v) = entry.tls.validation.as_ref() else {
-                    return FrontendValidation::default();
-                };
-                let refs: Vec<(String, String, String, Option<String>)> = v
-                    .ca_certificate_refs
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.group.clone(),
-                            r.kind.clone(),
-                            r.name.clone(),
-                            r.namespace.clone(),
-                        )
-                    })
-                    .collect();
-                let insecure = matches!(
-                    v.mode,
-                    Some(crate::k8s::PerPortValidationMode::AllowInsecureFallback)
-                );
-                (
-                    format!("spec.tls.frontend.perPort[{i}].tls.validation"),
-                    refs,
-                    insecure,
-                )
-            }
-            None => {
-                let Some(v) = frontend.default.validation.as_ref() else {
-                    return FrontendValidation::default();
-                };
-                let refs = v
-                    .ca_certificate_refs
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.group.clone(),
-                            r.kind.clone(),
-                            r.name.clone(),
-                            r.namespace.clone(),
-                        )
-                    })
-                    .collect();
-                let insecure = matches!(
-                    v.mode,
-                    Some(crate::k8s::DefaultValidationMode::AllowInsecureFallback)
-                );
-                (
-                    "spec.tls.frontend.default.validation".to_owned(),
-                    refs,
-                    insecure,
-                )
-            }
+            .enumerate()
+            .find(|(_, p)| p.port == port);
+        let (field, validation) = match per_port {
+            Some((i, entry)) => (
+                format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+                serde_json::to_value(&entry.tls.validation),
+            ),
+            None => (
+                "spec.tls.frontend.default.validation".to_owned(),
+                serde_json::to_value(&frontend.default.validation),
+            ),
         };
+        let Some(validation) = validation
+            .ok()
+            .and_then(|v| serde_json::from_value::<Option<ValidationSpec>>(v).ok())
+            .flatten()
+        else {
+            return FrontendValidation::default();
+        };
+        let insecure = validation.mode.as_deref() == Some("AllowInsecureFallback");
+        let refs = validation.ca_certificate_refs;
         let mut out = FrontendValidation::default();
         let mut bundles = Vec::new();
-        for (i, (group, kind, name, namespace)) in refs.iter().enumerate() {
+        for (i, r) in refs.iter().enumerate() {
             let field = format!("{field}.caCertificateRefs[{i}]");
-            match self.ca_bundle(gateway_ns, &field, group, kind, name, namespace.as_deref()) {
+            match self.ca_bundle(gateway_ns, &field, r) {
                 Ok(pem) => bundles.push(pem),
                 Err(failure) => {
                     out.failure.get_or_insert(failure);
@@ -236,11 +203,10 @@ impl Secrets<'_> {
         &self,
         gateway_ns: &str,
         field: &str,
-        group: &str,
-        kind: &str,
-        name: &str,
-        namespace: Option<&str>,
+        r: &CaRef,
     ) -> Result<Vec<u8>, CertificateFailure> {
+        let (group, kind, name) = (r.group.as_str(), r.kind.as_str(), r.name.as_str());
+        let namespace = r.namespace.as_deref();
         if !group.is_empty() || kind != "ConfigMap" {
             return Err(CertificateFailure::InvalidCaKind(format!(
                 "{field}: kind {kind:?} of group {group:?} is not supported; supported: ConfigMap"
@@ -274,6 +240,25 @@ impl Secrets<'_> {
         gatehouse_snapshot::tls::client_roots(&[pem.as_bytes()]).map_err(|e| invalid(&e))?;
         Ok(pem.clone().into_bytes())
     }
+}
+
+/// `FrontendTLSValidation`, as both its generated types read.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ValidationSpec {
+    #[serde(default)]
+    ca_certificate_refs: Vec<CaRef>,
+    mode: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct CaRef {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+    name: String,
+    namespace: Option<String>,
 }
 
 /// Whether a listener's TLS mode is Passthrough, which HTTPS cannot serve.

@@ -25,7 +25,6 @@ use std::{
 };
 
 use anyhow::Context;
-use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -39,7 +38,7 @@ use crate::{
     },
     runtime,
     serve::SnapshotHub,
-    status::{self, StatusEntry, carry_transition_times},
+    status::{self, StatusEntry},
     store::{Kind, Object, Store},
 };
 use watch::Change;
@@ -141,7 +140,7 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
             listen_address: args.listen_address,
             ..Default::default()
         },
-        previous: BTreeMap::new(),
+        previous: runtime::StatusHistory::default(),
         hub,
         view,
         writer: status_writer::StatusWriter::new(client),
@@ -288,7 +287,7 @@ struct Loop {
     store: Store,
     listed: BTreeSet<Kind>,
     options: CompileOptions,
-    previous: BTreeMap<(String, Option<String>, String), StatusEntry>,
+    previous: runtime::StatusHistory,
     hub: Arc<SnapshotHub>,
     view: Arc<RwLock<admin::View>>,
     writer: status_writer::StatusWriter,
@@ -373,25 +372,15 @@ impl Loop {
             tracing::debug!(%missing, "waiting for every watch to list before compiling");
             return;
         }
-        let now = Timestamp::now()
-            .round(Unit::Second)
-            .unwrap_or(Timestamp::now());
-        self.options.now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = runtime::now();
+        self.options.now = runtime::rfc3339(now);
         self.options.group_addresses = group_addresses(&self.store, &self.namespace);
         let Compiled {
             snapshots,
             mut statuses,
             gateway_groups,
         } = compile(&self.store, &self.options);
-        for status in &mut statuses {
-            if let Some(previous) = self.previous.get(&runtime::status_key(status)) {
-                carry_transition_times(previous, status);
-            }
-        }
-        self.previous = statuses
-            .iter()
-            .map(|s| (runtime::status_key(s), s.clone()))
-            .collect();
+        self.previous.carry(&mut statuses);
         for snapshot in snapshots.values() {
             info!(group = %snapshot.group, version = %snapshot.version, "compiled");
         }
@@ -414,11 +403,7 @@ impl Loop {
         if !self.compiled {
             return;
         }
-        let now = Timestamp::now()
-            .round(Unit::Second)
-            .unwrap_or(Timestamp::now())
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+        let now = runtime::rfc3339(runtime::now());
         let statuses = status::with_rejections(
             &self.statuses,
             &self.gateway_groups,

@@ -19,7 +19,6 @@ use std::{
 };
 
 use anyhow::Context;
-use k8s_openapi::jiff::{Timestamp, Unit};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -32,7 +31,7 @@ use crate::{
     compile::{CompileOptions, Compiled, compile},
     runtime,
     serve::SnapshotHub,
-    status::{self, StatusEntry, carry_transition_times},
+    status::{self, StatusEntry},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -106,7 +105,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             listen_address: args.listen_address,
             ..Default::default()
         },
-        previous: BTreeMap::new(),
+        previous: runtime::StatusHistory::default(),
         hub,
         view,
         statuses: Vec::new(),
@@ -144,7 +143,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 struct Cycle {
     source: DirSource,
     options: CompileOptions,
-    previous: BTreeMap<(String, Option<String>, String), StatusEntry>,
+    previous: runtime::StatusHistory,
     hub: Arc<SnapshotHub>,
     view: Arc<RwLock<admin::View>>,
     /// As compiled, before the data planes' rejections.
@@ -155,9 +154,7 @@ struct Cycle {
 
 impl Cycle {
     async fn run_once(&mut self, supervisor: Option<&mut Supervisor>) {
-        let now = Timestamp::now()
-            .round(Unit::Second)
-            .unwrap_or(Timestamp::now());
+        let now = runtime::now();
         let store = match self.source.scan(now) {
             Ok(store) => store,
             Err(error) => {
@@ -165,22 +162,13 @@ impl Cycle {
                 return;
             }
         };
-        self.options.now = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        self.options.now = runtime::rfc3339(now);
         let Compiled {
             snapshots,
             mut statuses,
             gateway_groups,
         } = compile(&store, &self.options);
-        for status in &mut statuses {
-            let key = runtime::status_key(status);
-            if let Some(previous) = self.previous.get(&key) {
-                carry_transition_times(previous, status);
-            }
-        }
-        self.previous = statuses
-            .iter()
-            .map(|s| (runtime::status_key(s), s.clone()))
-            .collect();
+        self.previous.carry(&mut statuses);
         let groups: BTreeSet<String> = snapshots.keys().cloned().collect();
         for snapshot in snapshots.values() {
             info!(group = %snapshot.group, version = %snapshot.version, "compiled");
@@ -222,11 +210,7 @@ impl Cycle {
         if rejections.is_empty() && self.shown_rejections.is_empty() {
             return;
         }
-        let now = Timestamp::now()
-            .round(Unit::Second)
-            .unwrap_or(Timestamp::now())
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+        let now = runtime::rfc3339(runtime::now());
         let statuses =
             status::with_rejections(&self.statuses, &self.gateway_groups, &rejections, &now);
         self.view.write().expect("view lock").statuses =
