@@ -502,7 +502,16 @@ pub mod manifests {
     /// Our GatewayClass and a Gateway named `gw` in `default` with one HTTP
     /// listener on port 80 accepting routes from all namespaces.
     pub fn gateway() -> String {
-        r#"
+        gateway_with(
+            "  - name: http\n    port: 80\n    protocol: HTTP\n    allowedRoutes:\n      namespaces:\n        from: All\n",
+        )
+    }
+
+    /// Our GatewayClass and a Gateway named `gw` in `default` with
+    /// `listeners` (YAML list items indented by two spaces).
+    pub fn gateway_with(listeners: &str) -> String {
+        format!(
+            r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata:
@@ -518,14 +527,8 @@ metadata:
 spec:
   gatewayClassName: gatehouse
   listeners:
-  - name: http
-    port: 80
-    protocol: HTTP
-    allowedRoutes:
-      namespaces:
-        from: All
-"#
-        .to_string()
+{listeners}"#
+        )
     }
 
     /// An HTTPRoute `name` in `default` on Gateway `parent`, for

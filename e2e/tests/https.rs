@@ -7,19 +7,8 @@ use std::time::Duration;
 use gatehouse_e2e::tls::{TestCa, TlsClient, secret};
 use gatehouse_e2e::{Echo, Standalone, eventually, manifests};
 
-const GATEWAY: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: gatehouse}
-spec: {controllerName: gatehouse.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: gatehouse
-  listeners:
-  - name: exact
+/// The listeners of the Gateway most tests use.
+const LISTENERS: &str = r#"  - name: exact
     port: 443
     protocol: HTTPS
     hostname: a.test
@@ -58,7 +47,7 @@ async fn setup() -> Setup {
     ];
     let backends = [Echo::start("a"), Echo::start("wild"), Echo::start("any")];
     let docs = [
-        GATEWAY.to_owned(),
+        manifests::gateway_with(LISTENERS),
         secret("default", "cert-a", &certs[0]),
         secret("default", "cert-wild", &certs[1]),
         secret("default", "cert-default", &certs[2]),
@@ -201,19 +190,8 @@ async fn a_cross_namespace_certificate_needs_a_reference_grant() {
     let ca = TestCa::new();
     let cert = ca.issue(&["shared.test"]);
     let backend = Echo::start("shared");
-    let gateway = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: gatehouse}
-spec: {controllerName: gatehouse.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: gatehouse
-  listeners:
-  - name: http
+    let gateway = manifests::gateway_with(
+        r#"  - name: http
     port: 80
     protocol: HTTP
   - name: shared
@@ -221,9 +199,10 @@ spec:
     protocol: HTTPS
     hostname: shared.test
     tls: {certificateRefs: [{name: shared, namespace: certs}]}
-"#;
+"#,
+    );
     let docs = [
-        gateway.to_owned(),
+        gateway,
         secret("certs", "shared", &cert),
         manifests::service("default", "svc", &[backend.port()]),
         route("to-shared", "shared", "[]", "svc"),
@@ -285,25 +264,15 @@ async fn a_listener_with_several_certificates_presents_the_one_for_the_name() {
     let ca = TestCa::new();
     let (one, two) = (ca.issue(&["one.test"]), ca.issue(&["two.test"]));
     let backend = Echo::start("b");
-    let gateway = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: gatehouse}
-spec: {controllerName: gatehouse.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: gatehouse
-  listeners:
-  - name: any
+    let gateway = manifests::gateway_with(
+        r#"  - name: any
     port: 443
     protocol: HTTPS
     tls: {certificateRefs: [{name: one}, {name: two}]}
-"#;
+"#,
+    );
     let docs = [
-        gateway.to_owned(),
+        gateway,
         secret("default", "one", &one),
         secret("default", "two", &two),
         manifests::service("default", "svc", &[backend.port()]),

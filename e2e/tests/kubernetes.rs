@@ -7,24 +7,10 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use gatehouse_e2e::{
-    Echo, HttpClient, PORT_OFFSET, Process, bin, eventually, kube_lite::KubeLite, unique_loopback,
+    Echo, HttpClient, PORT_OFFSET, Process, bin, eventually, kube_lite::KubeLite, manifests,
+    unique_loopback,
 };
 use serde_json::Value;
-
-const CLASS_AND_GATEWAY: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: gatehouse}
-spec: {controllerName: gatehouse.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: gatehouse
-  listeners:
-  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
-"#;
 
 fn service(port: u16) -> String {
     format!(
@@ -116,7 +102,7 @@ fn started() -> (KubeLite, Echo) {
     let kube = KubeLite::start();
     kube.apply_gateway_api_crds().expect("Gateway API CRDs");
     let echo = Echo::start("k8s-a");
-    kube.apply_str(CLASS_AND_GATEWAY)
+    kube.apply_str(&manifests::gateway())
         .expect("class and gateway");
     kube.apply_str(&service(echo.port())).expect("service");
     kube.apply_str(&route("[web.test]")).expect("route");
