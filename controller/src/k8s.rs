@@ -14,12 +14,16 @@ pub use gateway_api::apis::standard::gateways::{
     GatewayListenersTlsMode as TlsMode, GatewaySpec, GatewayTls,
 };
 pub use gateway_api::apis::standard::grpcroutes::GrpcRoute;
-pub use gateway_api::apis::standard::httproutes::{
+// HTTPRoute from the experimental channel: a superset of the standard one
+// (same group, version and kind) that also carries `rules[].retry`, which
+// the standard types would drop on parsing. Objects from a cluster with the
+// standard CRDs parse unchanged; the extra fields are then absent.
+pub use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs as ParentRef, HttpRouteRules as Rule,
     HttpRouteRulesBackendRefs as BackendRef, HttpRouteRulesMatches as RouteMatch,
     HttpRouteRulesMatchesHeadersType as HeaderMatchType, HttpRouteRulesMatchesMethod as Method,
     HttpRouteRulesMatchesPathType as PathMatchType,
-    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType,
+    HttpRouteRulesMatchesQueryParamsType as QueryParamMatchType, HttpRouteRulesRetry as Retry,
     HttpRouteRulesTimeouts as Timeouts, HttpRouteSpec,
 };
 pub use gateway_api::apis::standard::referencegrants::{ReferenceGrant, ReferenceGrantSpec};

@@ -121,6 +121,17 @@ impl Collector for DataplaneCollector {
                 .encode_histogram::<NoLabelSet>(view.sum_seconds, count, &buckets, None)?;
         }
 
+        let mut retries = encoder.encode_descriptor(
+            "gatehouse_retries",
+            "Upstream requests sent again under a route rule's retry policy",
+            None,
+            MetricType::Counter,
+        )?;
+        for view in &views {
+            ConstCounter::new(view.retries)
+                .encode(retries.encode_family(&[("route", &*view.route)])?)?;
+        }
+
         if let Some(version) = dataplane.applied_version() {
             let mut info = encoder.encode_descriptor(
                 "gatehouse_snapshot",

@@ -30,6 +30,8 @@ pub struct RouteStats {
     by_class: [AtomicU64; STATUS_CLASSES.len()],
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
+    /// Upstream requests sent again under the rule's retry policy.
+    retries: AtomicU64,
 }
 
 /// A point-in-time copy of one route's statistics, for the metrics endpoint.
@@ -40,6 +42,7 @@ pub struct RouteStatsView {
     /// Per-bucket (not cumulative) counts; the last bucket is +Inf.
     pub buckets: [u64; DURATION_BUCKETS.len() + 1],
     pub sum_seconds: f64,
+    pub retries: u64,
 }
 
 impl RouteStats {
@@ -49,6 +52,7 @@ impl RouteStats {
             by_class: Default::default(),
             buckets: Default::default(),
             sum_nanos: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -71,12 +75,17 @@ impl RouteStats {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    pub fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn view(&self) -> RouteStatsView {
         RouteStatsView {
             route: self.route.clone(),
             by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
             buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
             sum_seconds: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 }

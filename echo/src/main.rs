@@ -9,6 +9,10 @@
 //!
 //! Test knobs, sent by the client as request headers: `x-echo-delay-ms: N`
 //! answers after N milliseconds; `x-echo-status: N` answers with status N.
+//! Retries are simulated with the query parameters the Gateway API
+//! conformance backend reads: `responseCode=N&succeedAfter=K&uuid=ID`
+//! answers N to the first K requests carrying that `uuid`, then as usual;
+//! the JSON echo's `attempt` counts the requests seen for the `uuid`.
 //! `--grpc` serves the gRPC health service instead; `--tls-cert` and
 //! `--tls-key` serve HTTPS. `--delay-ms` delays
 //! every answer; `--record` keeps the description of
@@ -72,6 +76,9 @@ struct Echo {
     recorded: Option<std::sync::Mutex<Vec<serde_json::Value>>>,
     /// Serving HTTPS (reported in the JSON echo).
     tls: bool,
+    /// Requests seen per retry-simulation `uuid`. A test backend: a lock is
+    /// fine here.
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 #[tokio::main]
@@ -86,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         delay: std::time::Duration::from_millis(args.delay_ms),
         recorded: args.record.then(Default::default),
         tls: args.tls_cert.is_some(),
+        attempts: Default::default(),
     });
     let acceptor = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -173,7 +181,9 @@ impl Echo {
         if let Some(delay) = knob("x-echo-delay-ms") {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
-        let status = knob("x-echo-status")
+        let (simulated, attempt) = self.retry_simulation(req.uri().query().unwrap_or(""));
+        let status = simulated
+            .or(knob("x-echo-status"))
             .and_then(|s| u16::try_from(s).ok())
             .and_then(|s| hyper::StatusCode::from_u16(s).ok())
             .unwrap_or(hyper::StatusCode::OK);
@@ -214,6 +224,7 @@ impl Echo {
             "body_len": body_len,
             "version": format!("{:?}", parts.version),
             "tls": self.tls,
+            "attempt": attempt,
         });
         if let Some(recorded) = &self.recorded {
             recorded
@@ -225,6 +236,35 @@ impl Echo {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(description.to_string())))
             .expect("static response parts are valid")
+    }
+}
+
+impl Echo {
+    /// The status to fail with, if this request is one of the first
+    /// `succeedAfter` of its `uuid`, and which request of the `uuid` it is
+    /// (1 for the first; 0 without a `uuid`).
+    fn retry_simulation(&self, query: &str) -> (Option<u64>, u64) {
+        let param = |key: &str| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        };
+        let Some(uuid) = param("uuid") else {
+            return (None, 0);
+        };
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("not poisoned");
+            let seen = attempts.entry(uuid.to_owned()).or_default();
+            *seen += 1;
+            *seen
+        };
+        let code = param("responseCode").and_then(|v| v.parse().ok());
+        let succeed_after: u64 = param("succeedAfter")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (code.filter(|_| attempt <= succeed_after), attempt)
     }
 }
 

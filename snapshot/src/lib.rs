@@ -14,6 +14,10 @@ pub use generated::*;
 
 pub mod tls;
 
+/// Most retries one request may cause (`Retry.attempts`): the controller
+/// holds larger values to it, a data plane refuses a snapshot above it.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+
 use prost::Message;
 use sha2::{Digest, Sha256};
 

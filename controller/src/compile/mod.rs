@@ -21,6 +21,7 @@ mod listener;
 mod matches;
 mod ports;
 mod precedence;
+mod retry;
 mod route;
 mod sharing;
 mod timeouts;

@@ -244,6 +244,7 @@ fn rule_table(input: &GroupInput<'_, '_>) -> (Vec<Rule>, HashMap<usize, u32>, Ve
                 filters: rule.filters.to_snapshot(index),
                 request_timeout_ms: rule.request_timeout_ms,
                 backend_request_timeout_ms: rule.backend_request_timeout_ms,
+                retry: rule.retry.clone(),
             });
         }
     }

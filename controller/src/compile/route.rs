@@ -1,9 +1,9 @@
 //! HTTPRoutes, per Gateway API `HTTPRouteSpec` and `HTTPRouteRule`: rules,
-//! their matches, filters, timeouts and backends, and what the route
+//! their matches, filters, timeouts, retries and backends, and what the route
 //! reports.
 //!
 //! A rule whose filters cannot be applied (see `filters`) or whose timeouts
-//! are invalid is emitted with no backends and no filters, so it answers
+//! or retry are invalid is emitted with no backends and no filters, so it answers
 //! 500. Spec (`HTTPRouteRule.filters`): "To reject an invalid combination or
 //! order of filters, implementations SHOULD consider the Route Rules with
 //! this configuration invalid. If all Route Rules in a Route are invalid, the
@@ -22,11 +22,11 @@
 //! makes the whole route `Accepted` False with `UnsupportedValue`: it is not
 //! attached and contributes nothing to the snapshot.
 
-use gatehouse_snapshot::RouteMatch;
+use gatehouse_snapshot::{Retry, RouteMatch};
 
 use crate::compile::backend::Backends;
 use crate::compile::filters::{self, FilterContext, FilterOutcome, FiltersModel};
-use crate::compile::{matches, timeouts};
+use crate::compile::{matches, retry, timeouts};
 use crate::k8s::{HttpRoute, Rule, Time};
 use crate::status::BackendFailure;
 
@@ -50,6 +50,7 @@ pub struct RuleModel {
     pub filters: FiltersModel,
     pub request_timeout_ms: u32,
     pub backend_request_timeout_ms: u32,
+    pub retry: Option<Retry>,
 }
 
 impl RuleModel {
@@ -273,11 +274,13 @@ fn rule_model(
     })
     .and_then(|filters| {
         let (request, backend_request) = timeouts::rule_timeouts(index, rule.timeouts.as_ref())?;
+        let retry = retry::rule_retry(index, rule.retry.as_ref())?;
         Ok(RuleModel {
             backends: out,
             filters,
             request_timeout_ms: request,
             backend_request_timeout_ms: backend_request,
+            retry,
             ..RuleModel::default()
         })
     });

@@ -136,8 +136,8 @@ impl Dataplane {
         Ok(response)
     }
 
-    /// A rule without filters or request timeout goes straight to
-    /// `forward`; the others take the boxed, slower path.
+    /// A rule without filters, request timeout or retries goes straight
+    /// to `forward`; the others take the boxed, slower path.
     async fn serve(
         self: &Arc<Self>,
         table: &Table,
@@ -146,7 +146,7 @@ impl Dataplane {
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
-        if rule.filters.is_none() && rule.request_timeout.is_none() {
+        if rule.filters.is_none() && rule.request_timeout.is_none() && rule.retry.is_none() {
             let request = request.map(RequestBody::Client);
             return self.forward(table, found, conn, request).await;
         }
@@ -160,7 +160,7 @@ impl Dataplane {
         }
     }
 
-    /// The rule's filters around `forward`.
+    /// The rule's filters around `forward` (and its retries).
     async fn filtered(
         self: &Arc<Self>,
         table: &Table,
@@ -185,7 +185,9 @@ impl Dataplane {
             }
             request = self.mirror(table, &filters.mirrors, conn, request);
         }
-        let mut response = self.forward(table, found, conn, request).await?;
+        let mut response = self
+            .forward_with_retries(table, found, conn, request)
+            .await?;
         if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(response.headers_mut());
         }
@@ -195,7 +197,7 @@ impl Dataplane {
         Ok(response)
     }
 
-    async fn forward(
+    pub(super) async fn forward(
         self: &Arc<Self>,
         table: &Table,
         found: Found<'_>,

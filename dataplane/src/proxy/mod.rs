@@ -7,6 +7,7 @@ mod handler;
 mod headers;
 mod listeners;
 mod request_body;
+mod retry;
 mod upgrade;
 mod upstream;
 

@@ -1,5 +1,6 @@
 //! The body of a request sent upstream: the client's, streamed as it
-//! arrives; the client's teed to mirrors; or a mirror's copy.
+//! arrives; the client's teed to mirrors; a mirror's copy; or a body held
+//! whole so that a retry can send it again.
 //!
 //! A mirror must never slow or fail the client (Gateway API
 //! `HTTPRequestMirrorFilter`: the mirror's response is ignored). So the tee
@@ -26,7 +27,24 @@ pub enum RequestBody {
     Client(Incoming),
     Tee(Tee),
     Mirror(MirrorCopy),
+    Buffered(Buffered),
     Empty,
+}
+
+/// A whole body in memory; each clone sends the same bytes again.
+#[derive(Debug, Clone, Default)]
+pub struct Buffered {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Buffered {
+    pub fn new(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
+        Self {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +94,12 @@ impl RequestBody {
         let (body, mut senders) = match self {
             Self::Client(body) if !body.is_end_stream() => (body, Vec::new()),
             Self::Tee(tee) => (tee.body, tee.mirrors),
+            Self::Buffered(whole) => {
+                let copies = (0..mirrors)
+                    .map(|_| RequestBody::Buffered(whole.clone()))
+                    .collect();
+                return (RequestBody::Buffered(whole), copies);
+            }
             done => {
                 let copies = (0..mirrors).map(|_| RequestBody::Empty).collect();
                 return (done, copies);
@@ -160,6 +184,10 @@ impl Body for RequestBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
+            Self::Buffered(whole) => Poll::Ready(match whole.data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => whole.trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             Self::Empty => Poll::Ready(None),
         }
     }
@@ -169,6 +197,7 @@ impl Body for RequestBody {
             Self::Client(body) => body.is_end_stream(),
             Self::Tee(tee) => tee.body.is_end_stream(),
             Self::Mirror(copy) => copy.ended,
+            Self::Buffered(whole) => whole.data.is_none() && whole.trailers.is_none(),
             Self::Empty => true,
         }
     }
@@ -178,6 +207,9 @@ impl Body for RequestBody {
             Self::Client(body) => body.size_hint(),
             Self::Tee(tee) => tee.body.size_hint(),
             Self::Mirror(copy) => copy.hint,
+            Self::Buffered(whole) => {
+                SizeHint::with_exact(whole.data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Self::Empty => SizeHint::with_exact(0),
         }
     }

@@ -38,6 +38,8 @@ pub struct Rule {
     pub request_timeout: Option<Duration>,
     /// `timeouts.backendRequest`: per upstream attempt.
     pub backend_timeout: Option<Duration>,
+    /// `retry`: None without one, so the common case costs one branch.
+    pub retry: Option<Box<super::RetryPolicy>>,
 }
 
 #[derive(Debug)]
@@ -192,6 +194,7 @@ mod tests {
             filters: None,
             request_timeout: None,
             backend_timeout: None,
+            retry: None,
         };
         let picks: Vec<_> = (0..4)
             .map(|roll| rule.pick_backend(roll).unwrap().weight)

@@ -13,8 +13,8 @@ use gatehouse_snapshot as pb;
 use http::{HeaderName, Method, uri::Authority};
 
 use super::{
-    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, Rule, Scheme, Snapshot,
-    Table, Target, VirtualHost,
+    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, RetryPolicy, Rule, Scheme,
+    Snapshot, Table, Target, VirtualHost,
     backend::Backend,
     error::describe,
     filters::{self, Filters},
@@ -344,6 +344,12 @@ fn build_rule(
     let filters = build_filters(rule.filters.as_ref(), cluster_count)
         .map_err(|(f, p)| BuildError::new(object.clone(), format!("rules[{i}].filters.{f}"), p))?;
     let millis = |ms: u32| (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    let retry = rule
+        .retry
+        .as_ref()
+        .map(|r| RetryPolicy::build(r).map(Box::new))
+        .transpose()
+        .map_err(|p| BuildError::new(object.clone(), format!("rules[{i}].retry"), p))?;
     Ok(Rule {
         stats: stats.route(&route),
         route: route.into(),
@@ -353,6 +359,7 @@ fn build_rule(
         filters,
         request_timeout: millis(rule.request_timeout_ms),
         backend_timeout: millis(rule.backend_request_timeout_ms),
+        retry,
     })
 }
 

@@ -14,6 +14,7 @@ mod error;
 mod filters;
 mod host;
 mod matching;
+mod retry;
 mod tls;
 mod upstream_tls;
 
@@ -28,6 +29,7 @@ pub use filters::{
 pub use gatehouse_snapshot::Snapshot;
 pub use host::{HostError, HostPattern, normalize_host};
 pub use matching::{PathMatch, RequestView, RouteMatch};
+pub use retry::RetryPolicy;
 pub use upstream_tls::UpstreamTls;
 
 /// A bound socket: the address and the port actually bound.
