@@ -25,6 +25,8 @@ pub struct Attachment {
     pub gateway: usize,
     pub listener: usize,
     pub route: usize,
+    /// Index of the parentRef's entry in the route's status reports.
+    pub parent: usize,
     pub hosts: Vec<String>,
     /// Whether the route is accepted (counted in `attachedRoutes`); a route
     /// whose every rule is invalid is emitted (500) but not accepted.
@@ -96,7 +98,8 @@ impl<'a, 'g> Parents<'a, 'g> {
                 section_name: parent.section_name.clone(),
                 port: parent.port,
             };
-            let accepted = self.attach_to(gateway, parent, route_index, route, out);
+            let at = (route_index, reports.len());
+            let accepted = self.attach_to(gateway, parent, at, route, out);
             let partially_invalid = match (&accepted, &route.unsupported_rules) {
                 (Ok(()), Some((message, false))) => Some(message.clone()),
                 _ => None,
@@ -115,7 +118,7 @@ impl<'a, 'g> Parents<'a, 'g> {
         &self,
         gateway: usize,
         parent: &ParentRef,
-        route_index: usize,
+        (route_index, report): (usize, usize),
         route: &RouteModel<'_>,
         out: &mut Vec<Attachment>,
     ) -> Result<(), RouteRejection> {
@@ -204,6 +207,7 @@ impl<'a, 'g> Parents<'a, 'g> {
                 gateway,
                 listener,
                 route: route_index,
+                parent: report,
                 hosts,
                 accepted: !every_rule_invalid,
             });

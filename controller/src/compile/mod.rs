@@ -17,6 +17,7 @@ mod gateway;
 mod grants;
 mod grpc;
 mod hostname;
+mod kinds;
 mod listener;
 mod matches;
 mod ports;
@@ -127,15 +128,14 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .http_routes()
         .map(|r| route::RouteModel::new(r, route::RouteKind::Http, &mut backends))
         .collect();
-    routes.extend(
-        grpc_as_http
-            .iter()
-            .map(|r| route::RouteModel::new(r, route::RouteKind::Grpc, &mut backends)),
-    );
+    routes.extend(grpc_as_http.iter().map(|t| route::RouteModel {
+        grpc_match_chars: t.match_chars.clone(),
+        ..route::RouteModel::new(&t.route, route::RouteKind::Grpc, &mut backends)
+    }));
 
     let parents = attach::Parents::new(&gateways, &namespace_labels);
     let mut attachments = Vec::new();
-    let route_reports: Vec<_> = routes
+    let mut route_reports: Vec<_> = routes
         .iter()
         .enumerate()
         .map(|(i, r)| parents.attach(i, r, &mut attachments))
@@ -146,6 +146,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             .iter()
             .map(|r| (r.created, r.namespace.as_str(), r.name.as_str())),
     );
+    kinds::resolve(&routes, &route_ranks, &mut attachments, &mut route_reports);
     let groups: BTreeSet<&str> = gateways.iter().map(|g| g.group.as_str()).collect();
     let snapshots = groups
         .into_iter()

@@ -135,7 +135,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                 let entries = listener.hosts.entry(host.clone()).or_default();
                 for (ri, rule) in route.rules.iter().enumerate() {
                     for (mi, m) in rule.matches.iter().enumerate() {
-                        let precedence = Precedence::new(m, input.route_ranks[a.route], ri, mi);
+                        let precedence = route.precedence(input.route_ranks[a.route], ri, mi);
                         let mut m = m.clone();
                         m.rule = first + ri as u32;
                         entries.push((precedence, m));

@@ -10,6 +10,11 @@
 //! 3. "Largest number of header matches."
 //! 4. "Largest number of query param matches."
 //!
+//! GRPCRoute matches (`GRPCRouteRule.matches`) go by "Characters in a
+//! matching service. Characters in a matching method. Header matches."
+//! instead: see [`Precedence::grpc`]. The two never share a virtual host (see
+//! `kinds`), so the two orders are never mixed.
+//!
 //! then, across Routes, "the oldest Route based on creation timestamp" and
 //! "the Route appearing first in alphabetical order by {namespace}/{name}"
 //! (folded into `route_rank`), and within a Route "the first matching rule
@@ -23,7 +28,10 @@ use gatehouse_snapshot::{PathMatchType, RouteMatch};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Precedence {
     path_kind: u8,
+    /// Path characters; for gRPC, service characters.
     path_len: Reverse<usize>,
+    /// gRPC method characters; 0 for HTTP.
+    method_len: Reverse<usize>,
     without_method: bool,
     headers: Reverse<usize>,
     query_params: Reverse<usize>,
@@ -49,9 +57,32 @@ impl Precedence {
         Precedence {
             path_kind,
             path_len: Reverse(path_len),
+            method_len: Reverse(0),
             without_method: m.method.is_empty(),
             headers: Reverse(m.headers.len()),
             query_params: Reverse(m.query_params.len()),
+            route_rank,
+            rule,
+            match_index,
+        }
+    }
+
+    /// A GRPCRoute match of `service` and `method` characters (as given in
+    /// its `GRPCMethodMatch`; 0 when unset).
+    pub fn grpc(
+        m: &RouteMatch,
+        (service, method): (usize, usize),
+        route_rank: usize,
+        rule: usize,
+        match_index: usize,
+    ) -> Self {
+        Precedence {
+            path_kind: 0,
+            path_len: Reverse(service),
+            method_len: Reverse(method),
+            without_method: false,
+            headers: Reverse(m.headers.len()),
+            query_params: Reverse(0),
             route_rank,
             rule,
             match_index,
@@ -142,6 +173,36 @@ mod tests {
         for (sentence, (wm, wrank, wrule), (lm, lrank, lrule)) in cases {
             let winner = Precedence::new(&wm, wrank, wrule, 0);
             let loser = Precedence::new(&lm, lrank, lrule, 0);
+            assert!(winner < loser, "{sentence}");
+        }
+    }
+
+    #[test]
+    fn grpc_precedence_table() {
+        // (spec sentence, winner, loser), each as ((service, method), headers, route rank)
+        type Case = (
+            &'static str,
+            ((usize, usize), usize, usize),
+            ((usize, usize), usize, usize),
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "Characters in a matching service",
+                ((8, 0), 0, 9),
+                ((0, 3), 5, 0),
+            ),
+            ("longer service first", ((9, 0), 0, 9), ((8, 9), 5, 0)),
+            (
+                "Characters in a matching method",
+                ((8, 3), 0, 9),
+                ((8, 0), 5, 0),
+            ),
+            ("Header matches", ((8, 3), 2, 9), ((8, 3), 1, 0)),
+            ("then the oldest Route", ((8, 3), 1, 0), ((8, 3), 1, 1)),
+        ];
+        for (sentence, (wc, wh, wrank), (lc, lh, lrank)) in cases {
+            let winner = Precedence::grpc(&with(path(Exact, "/"), "", wh, 0), wc, wrank, 0, 0);
+            let loser = Precedence::grpc(&with(path(Exact, "/"), "", lh, 0), lc, lrank, 0, 0);
             assert!(winner < loser, "{sentence}");
         }
     }

@@ -26,6 +26,7 @@ use gatehouse_snapshot::{Retry, RouteMatch};
 
 use crate::compile::backend::Backends;
 use crate::compile::filters::{self, FilterContext, FilterOutcome, FiltersModel};
+use crate::compile::precedence::Precedence;
 use crate::compile::{matches, retry, timeouts};
 use crate::k8s::{HttpRoute, Rule, Time};
 use crate::status::BackendFailure;
@@ -83,6 +84,9 @@ pub struct RouteModel<'a> {
     /// that is every rule.
     pub unsupported_rules: Option<(String, bool)>,
     pub resolved_refs: Result<(), BackendFailure>,
+    /// GRPCRoute: per rule, per match, characters in its service and
+    /// method, for gRPC precedence. Empty for HTTPRoutes.
+    pub grpc_match_chars: Vec<Vec<(usize, usize)>>,
 }
 
 /// Which Gateway API route kind a model came from.
@@ -178,6 +182,24 @@ impl<'a> RouteModel<'a> {
             invalid,
             unsupported_rules,
             resolved_refs,
+            grpc_match_chars: Vec::new(),
+        }
+    }
+
+    /// The match's precedence sort key, by the rules of the route's kind.
+    pub fn precedence(&self, route_rank: usize, rule: usize, index: usize) -> Precedence {
+        let m = &self.rules[rule].matches[index];
+        match self.kind {
+            RouteKind::Http => Precedence::new(m, route_rank, rule, index),
+            RouteKind::Grpc => {
+                let chars = self
+                    .grpc_match_chars
+                    .get(rule)
+                    .and_then(|r| r.get(index))
+                    .copied()
+                    .unwrap_or((0, 0));
+                Precedence::grpc(m, chars, route_rank, rule, index)
+            }
         }
     }
 

@@ -297,6 +297,10 @@ pub enum RouteRejection {
     NoMatchingParent(String),
     /// A value we do not support (invalid regex, unsupported filters).
     UnsupportedValue(String),
+    /// An older route of the other kind (HTTPRoute or GRPCRoute) holds an
+    /// overlapping hostname on the listener. The spec names no reason for
+    /// this; `Conflicted` is the one implementations use.
+    Conflicted(String),
 }
 
 /// Why a backendRef does not resolve (route `ResolvedRefs` False).
@@ -354,6 +358,7 @@ impl RouteParentReport {
             Err(RouteRejection::UnsupportedValue(m)) => {
                 ctx.condition("Accepted", false, "UnsupportedValue", m)
             }
+            Err(RouteRejection::Conflicted(m)) => ctx.condition("Accepted", false, "Conflicted", m),
         };
         let resolved = match &self.resolved_refs {
             Ok(()) => ctx.condition(
