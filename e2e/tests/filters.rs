@@ -470,6 +470,9 @@ async fn cors_answers_preflights_and_decorates_allowed_requests() {
         )
     };
     let rules = [
+        // Only GET requests match this rule: its CORS filter still answers
+        // their preflights (OPTIONS asking about GET).
+        "  - matches: [{path: {type: PathPrefix, value: /get-only}, method: GET}]\n    filters:\n    - type: CORS\n      cors: {allowOrigins: [\"https://www.foo.com\"], allowMethods: [GET]}\n    backendRefs: [{name: svc-a, port: 80}]\n".to_owned(),
         cors(
             "/listed",
             r#"{allowOrigins: ["https://www.foo.com", "https://*.bar.com"], allowMethods: [GET, OPTIONS], allowHeaders: [x-header-1, x-header-2], exposeHeaders: [x-header-3], allowCredentials: true, maxAge: 3600}"#,
@@ -568,4 +571,26 @@ async fn cors_answers_preflights_and_decorates_allowed_requests() {
     // A plain OPTIONS without CORS headers is an ordinary request.
     let plain = send("OPTIONS", "/wildcards", &[]).await.unwrap();
     assert_eq!(plain.backend(), Some("a"));
+
+    // The preflight of a GET to a GET-only rule is answered by its filter...
+    let origin = ("origin", "https://www.foo.com");
+    let asks = |method| [origin, ("access-control-request-method", method)];
+    let reply = send("OPTIONS", "/get-only", &asks("GET")).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.backend().is_none(), "a preflight is not forwarded");
+    assert_eq!(
+        header(&reply, "access-control-allow-origin"),
+        ["https://www.foo.com"]
+    );
+    assert_eq!(header(&reply, "access-control-allow-methods"), ["GET"]);
+    // ...the GET itself is served with CORS headers...
+    let get = send("GET", "/get-only", &[origin]).await.unwrap();
+    assert_eq!(get.backend(), Some("a"));
+    assert_eq!(
+        header(&get, "access-control-allow-origin"),
+        ["https://www.foo.com"]
+    );
+    // ...and a preflight for a method no rule takes finds no route.
+    let reply = send("OPTIONS", "/get-only", &asks("DELETE")).await.unwrap();
+    assert_eq!(reply.status, 404, "{}", reply.text());
 }

@@ -468,10 +468,43 @@ fn find_route<'t>(
         query: request.uri().query(),
         headers: request.headers(),
     };
+    // A CORS preflight asks on behalf of the request that would follow, so
+    // it is answered by the CORS filter of the rule that request would
+    // match (a rule matching `method: GET` answers the preflight of a GET);
+    // without one there, it is routed as the OPTIONS request it is.
+    if let Some(method) = preflight_method(request) {
+        let asked = RequestView {
+            method: &method,
+            ..view
+        };
+        if let Lookup::Rule(found) = table.lookup(&conn.port, &asked)
+            && found
+                .rule
+                .filters
+                .as_ref()
+                .is_some_and(|f| f.cors.is_some())
+        {
+            return Ok(found);
+        }
+    }
     match table.lookup(&conn.port, &view) {
         Lookup::Rule(found) => Ok(found),
         Lookup::NoPort | Lookup::NoListener | Lookup::NoRoute => Err(ProxyError::NoRoute),
     }
+}
+
+/// The method a CORS preflight (Fetch standard: an OPTIONS request with
+/// `Origin` and `Access-Control-Request-Method`) asks about.
+fn preflight_method<B>(request: &Request<B>) -> Option<http::Method> {
+    if request.method() != http::Method::OPTIONS {
+        return None;
+    }
+    let headers = request.headers();
+    if !headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let asked = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    http::Method::from_bytes(asked.as_bytes()).ok()
 }
 
 /// Gateway API (`Listener.hostname` for HTTPS, and the conformance test
