@@ -60,9 +60,19 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names, `*.` wildcards allowed).
     pub fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_with_uris(names, &[])
+    }
+
+    /// A server certificate for DNS `names` that also carries `uris` as URI
+    /// subject alternative names (SPIFFE IDs and the like).
+    pub fn issue_with_uris(&self, names: &[&str], uris: &[&str]) -> Issued {
         let key = KeyPair::generate().expect("server key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).expect("server params");
+        let mut params = CertificateParams::new(names).expect("server params");
+        for uri in uris {
+            let uri = rcgen::string::Ia5String::try_from(*uri).expect("an ASCII URI");
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("server certificate");

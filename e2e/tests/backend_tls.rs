@@ -1,7 +1,9 @@
 //! BackendTLSPolicy end to end: the gateway re-encrypts to an HTTPS echo
 //! backend and verifies it against a CA from a ConfigMap, for the policy's
 //! hostname; a wrong name or a missing CA fails the request (502), never
-//! falls back to clear text, and the policy's status says why.
+//! falls back to clear text, and the policy's status says why. URI subject
+//! alternative names (SPIFFE IDs) are verified as the certificate carries
+//! them.
 
 use gatehouse_e2e::tls::TestCa;
 use gatehouse_e2e::{Echo, HttpClient, Standalone, manifests};
@@ -38,29 +40,7 @@ fn conditions(status: &Value) -> Vec<(String, String, String)> {
 async fn the_gateway_reencrypts_and_verifies_backends() {
     let ca = TestCa::new();
     let issued = ca.issue(&["backend.test"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &issued.cert_pem).unwrap();
-    std::fs::write(&key, &issued.key_pem).unwrap();
-    let backend = Echo::start_with(
-        "tls-backend",
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let indent = |pem: &str| {
-        pem.lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
-    let config_map = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}",
-        indent(&ca.cert_pem)
-    );
+    let (backend, config_map, _dir) = tls_backend(&ca, &issued);
     let docs = [
         manifests::gateway(),
         config_map,
@@ -119,5 +99,95 @@ async fn the_gateway_reencrypts_and_verifies_backends() {
                 "InvalidCACertificateRef".into()
             )
         ]
+    );
+}
+
+/// An HTTPS echo backend serving `issued`, and the ConfigMap of `ca`.
+fn tls_backend(
+    ca: &TestCa,
+    issued: &gatehouse_e2e::tls::Issued,
+) -> (Echo, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let backend = Echo::start_with(
+        "tls-backend",
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}",
+        indent(&ca.cert_pem)
+    );
+    (backend, config_map, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_subject_alt_names_are_verified() {
+    const ID: &str = "spiffe://cluster.local/ns/default/sa/backend";
+    let ca = TestCa::new();
+    let issued = ca.issue_with_uris(&["backend.test"], &[ID]);
+    let (backend, config_map, _dir) = tls_backend(&ca, &issued);
+    // The hostname is only the SNI here: the certificate is not valid for
+    // it, so only the URI can make the connection succeed.
+    let with_sans = |name: &str, sans: &str| {
+        format!(
+            "{}    subjectAltNames: {sans}\n",
+            policy(name, name, "sni-only.test", "backend-ca")
+        )
+    };
+    let docs = [
+        manifests::gateway(),
+        config_map,
+        manifests::service("default", "by-uri", &[backend.port()]),
+        manifests::service("default", "other-uri", &[backend.port()]),
+        manifests::service("default", "bad-uri", &[backend.port()]),
+        with_sans("by-uri", &format!("[{{type: URI, uri: \"{ID}\"}}]")),
+        with_sans(
+            "other-uri",
+            "[{type: URI, uri: \"spiffe://cluster.local/ns/default/sa/other\"}]",
+        ),
+        with_sans("bad-uri", "[{type: URI, uri: \"not a uri\"}]"),
+        rule("uri.test", "by-uri"),
+        rule("other.test", "other-uri"),
+        rule("bad.test", "bad-uri"),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
+    let client = HttpClient::new();
+    let url = gw.url(80, "/spiffe");
+    let good = client.get(&url, Some("uri.test")).await.unwrap();
+    assert_eq!(good.status, 200, "{}", good.text());
+    assert_eq!(good.echo()["tls"], true);
+    for host in ["other.test", "bad.test"] {
+        let failed = client.get(&url, Some(host)).await.unwrap();
+        assert_eq!(failed.status, 502, "{host}: {}", failed.text());
+    }
+    let status = gw
+        .status_of("BackendTLSPolicy", "default/by-uri")
+        .await
+        .unwrap();
+    assert_eq!(
+        conditions(&status)[0],
+        ("Accepted".into(), "True".into(), "Accepted".into())
+    );
+    let status = gw
+        .status_of("BackendTLSPolicy", "default/bad-uri")
+        .await
+        .unwrap();
+    let message = status["status"]["ancestors"][0]["conditions"].to_string();
+    assert!(
+        message.contains("subjectAltNames[0].uri") && message.contains("InvalidKind"),
+        "{status}"
     );
 }

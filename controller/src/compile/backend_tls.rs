@@ -218,21 +218,64 @@ impl<'a> BackendTlsPolicies<'a> {
                 }
             }
         }
-        // URI subject alternative names (SPIFFE IDs and the like) are not
-        // verified yet: fail closed rather than check only the hostname.
-        let uris = validation
-            .subject_alt_names
-            .iter()
-            .flatten()
-            .any(|s| s.uri.is_some());
-        if uris {
-            tls.ca_pem.clear();
-            tls.system_roots = false;
-            failure = Some(PolicyFailure {
-                reason: "InvalidKind",
-                message: "spec.validation.subjectAltNames: type URI is not supported; requests to the backend fail until it is removed".into(),
-            });
+        for (i, san) in validation.subject_alt_names.iter().flatten().enumerate() {
+            let Some(uri) = &san.uri else { continue };
+            if is_uri(uri) {
+                tls.subject_alt_uris.push(uri.clone());
+            } else {
+                // Fail closed: a name the user meant to require cannot be
+                // dropped in silence.
+                tls.ca_pem.clear();
+                tls.system_roots = false;
+                failure = Some(PolicyFailure {
+                    reason: "InvalidKind",
+                    message: format!(
+                        "spec.validation.subjectAltNames[{i}].uri: {uri:?} is not an absolute URI; requests to the backend fail until it is mended"
+                    ),
+                });
+            }
         }
         (tls, failure)
+    }
+}
+
+/// An absolute URI as a certificate carries one (RFC 3986 `scheme ":"
+/// hier-part`): a scheme of letters, digits, `+`, `-` and `.` starting with
+/// a letter, then something, and no whitespace or control characters.
+fn is_uri(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return false;
+    };
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && value.chars().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_uri;
+
+    #[test]
+    fn uri_subject_alt_names_must_be_absolute_uris() {
+        for good in [
+            "spiffe://cluster.local/ns/default/sa/backend",
+            "https://backend.example.com/",
+            "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66",
+        ] {
+            assert!(is_uri(good), "{good}");
+        }
+        for bad in [
+            "",
+            "backend.example.com",
+            "://x",
+            "1spiffe://x",
+            "spiffe:",
+            "spiffe://a b",
+        ] {
+            assert!(!is_uri(bad), "{bad}");
+        }
     }
 }

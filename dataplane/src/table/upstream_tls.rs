@@ -2,7 +2,8 @@
 //! connections use, built with the table. Trust is the policy's CA bundles
 //! and/or the system's roots (read once per process); the certificate must
 //! be valid for the server name, or, when the policy lists subject
-//! alternative names, for one of them. A policy with nothing to trust still
+//! alternative names, for one of them (a hostname, or a URI carried exactly
+//! as a URI subject alternative name). A policy with nothing to trust still
 //! yields TLS, one that fails every connection: never clear text.
 
 use std::sync::{Arc, OnceLock};
@@ -10,7 +11,8 @@ use std::sync::{Arc, OnceLock};
 use gatehouse_snapshot as pb;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// How a cluster's connections are secured.
@@ -77,20 +79,25 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
         ));
     }
     let provider = gatehouse_snapshot::tls::shared_provider();
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let roots = Arc::new(roots);
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(|e| e.to_string())?;
-    let verifier: Arc<dyn ServerCertVerifier> = match tls.subject_alt_names.is_empty() {
-        true => webpki,
-        false => Arc::new(AnyOfNames {
-            inner: webpki,
-            names: tls
-                .subject_alt_names
-                .iter()
-                .filter_map(|n| ServerName::try_from(n.clone()).ok())
-                .collect(),
-        }),
-    };
+    let verifier: Arc<dyn ServerCertVerifier> =
+        match tls.subject_alt_names.is_empty() && tls.subject_alt_uris.is_empty() {
+            true => webpki,
+            false => Arc::new(AnyOfNames {
+                inner: webpki,
+                roots,
+                algorithms: provider.signature_verification_algorithms,
+                names: tls
+                    .subject_alt_names
+                    .iter()
+                    .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                    .collect(),
+                uris: tls.subject_alt_uris.clone(),
+            }),
+        };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -110,6 +117,7 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
             &tls.ca_pem,
             tls.system_roots,
             &tls.subject_alt_names,
+            &tls.subject_alt_uris,
             h2,
         )
             .hash(&mut hasher);
@@ -123,12 +131,71 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
 }
 
 /// Gateway API `subjectAltNames`: the certificate must be valid for one of
-/// these names (the hostname is then only the SNI). Chain and signature
-/// checks are the WebPKI verifier's.
+/// these hostnames, or carry one of these URIs (the hostname is then only
+/// the SNI). Chain and signature checks are WebPKI's, against the same
+/// roots.
 #[derive(Debug)]
 struct AnyOfNames {
     inner: Arc<WebPkiServerVerifier>,
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
     names: Vec<ServerName<'static>>,
+    uris: Vec<String>,
+}
+
+impl AnyOfNames {
+    /// The chain up to a trusted root, for server authentication, with no
+    /// name checked; then one of `uris` among the URI subject alternative
+    /// names.
+    fn verify_uris(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let invalid = |e: webpki::Error| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        };
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(invalid)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(invalid)?;
+        let carried = uri_names(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        match carried.iter().any(|u| self.uris.contains(u)) {
+            true => Ok(ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            )),
+        }
+    }
+}
+
+/// The URI subject alternative names of a certificate.
+fn uri_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, ()> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).map_err(|_| ())?;
+    let Some(san) = parsed.subject_alternative_name().map_err(|_| ())? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect())
 }
 
 impl ServerCertVerifier for AnyOfNames {
@@ -149,6 +216,9 @@ impl ServerCertVerifier for AnyOfNames {
                 Ok(verified) => return Ok(verified),
                 Err(error) => last = error,
             }
+        }
+        if !self.uris.is_empty() {
+            return self.verify_uris(end_entity, intermediates, now);
         }
         Err(last)
     }
