@@ -212,4 +212,54 @@ impl TlsClient {
             .await
             .with_context(|| format!("https://{host}{path} (SNI {sni}) timed out"))?
     }
+
+    /// One HTTP/1.1 connection to `addr` with SNI `sni`, kept open for
+    /// several requests.
+    pub async fn connect(&self, addr: SocketAddr, sni: &str) -> anyhow::Result<TlsConnection> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(sni.to_owned())?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        let served = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        Ok(TlsConnection { sender, served })
+    }
+}
+
+/// An open HTTPS connection (HTTP/1.1, keep-alive).
+pub struct TlsConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// DER of the end-entity certificate presented at the handshake.
+    pub served: Vec<u8>,
+}
+
+impl TlsConnection {
+    /// `GET path` with Host `host` on this connection.
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Reply> {
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .body(Full::new(Bytes::new()))?;
+        let exchange = async {
+            let response = self.sender.send_request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            anyhow::Ok(Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .context("request on an open connection timed out")?
+    }
 }

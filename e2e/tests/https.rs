@@ -144,6 +144,9 @@ async fn a_rotated_certificate_is_served_without_a_failed_handshake() {
     let addr = s.gw.socket(443);
     let renewed = s.ca.issue(&["a.test"]);
     let client = TlsClient::new(&s.ca, false);
+    // A connection opened before the rotation, used before and after it.
+    let mut open = client.connect(addr, "a.test").await.unwrap();
+    assert_eq!(open.get("a.test", "/").await.unwrap().status, 200);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Four loops of fresh connections, each a new handshake.
     let loops: Vec<_> = (0..4)
@@ -183,6 +186,12 @@ async fn a_rotated_certificate_is_served_without_a_failed_handshake() {
         total += handle.await.expect("no failed handshake");
     }
     assert!(total > 20, "only {total} handshakes during the rotation");
+    // The connection from before is still served, with the certificate of
+    // its handshake.
+    let reply = open.get("a.test", "/after").await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo()["path"], "/after");
+    assert_eq!(open.served, s.certs[0].der());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
