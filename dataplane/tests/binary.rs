@@ -77,6 +77,7 @@ async fn serves_a_snapshot_file_and_reports_it() {
         format!("gatehouse_snapshot_info{{version=\"{}\"}} 1", snap.version),
         "gatehouse_snapshot_applies_total{result=\"ack\"} 1".to_owned(),
         "gatehouse_request_duration_seconds_count{route=\"ns/from-file\"} 1".to_owned(),
+        "gatehouse_retries_total{route=\"ns/from-file\"} 0".to_owned(),
     ] {
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
