@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod compile;
+pub mod handover;
 pub mod k8s;
 pub mod kubernetes;
 pub mod manifest;

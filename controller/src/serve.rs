@@ -101,6 +101,21 @@ impl SnapshotHub {
             .collect()
     }
 
+    /// Whether `group` has a data plane connected and every connected one
+    /// has applied the group's current snapshot.
+    pub fn group_ready(&self, group: &str) -> bool {
+        let Some(current) = self.current_version(group) else {
+            return false;
+        };
+        let nodes = self.nodes();
+        let mut connected = nodes.iter().filter(|n| n.connected && n.group == group);
+        let mut any = false;
+        connected.all(|n| {
+            any = true;
+            n.applied_version == current
+        }) && any
+    }
+
     /// Per group, a connected data plane that rejected the group's current
     /// snapshot: (node id, its reason).
     pub fn rejections(&self) -> BTreeMap<String, (String, String)> {

@@ -1,5 +1,6 @@
 //! Golden compile cases: `golden/<case>/input.yaml` (and optional
-//! `options.yaml` with `port_offset` / `listen_address`) compile to
+//! `options.yaml` with `port_offset`, `listen_address`, `groups_share_host`,
+//! `group_addresses` and `handovers`) compile to
 //! `snapshots.json` and `statuses.json`. Regenerate with
 //! `GATEHOUSE_BLESS=1 cargo nextest run -p gatehouse-controller --test golden`
 //! and review the diff.
@@ -34,6 +35,28 @@ fn options(dir: &Path) -> CompileOptions {
         }
         if let Some(address) = value.get("listen_address").and_then(|v| v.as_str()) {
             options.listen_address = address.parse().unwrap();
+        }
+        if let Some(shared) = value.get("groups_share_host").and_then(|v| v.as_bool()) {
+            options.groups_share_host = shared;
+        }
+        // {group: [[type, value], ...]}
+        if let Some(groups) = value.get("group_addresses") {
+            options.group_addresses = serde_yaml::from_value(groups.clone()).unwrap();
+        }
+        // {"namespace/name": {from: group, addresses_of_new_group: bool}}
+        if let Some(moves) = value.get("handovers").and_then(|v| v.as_mapping()) {
+            for (key, handover) in moves {
+                let (ns, name) = key.as_str().unwrap().split_once('/').unwrap();
+                options.handovers.insert(
+                    (ns.to_owned(), name.to_owned()),
+                    gatehouse_controller::compile::Handover {
+                        from: handover["from"].as_str().unwrap().to_owned(),
+                        addresses_of_new_group: handover["addresses_of_new_group"]
+                            .as_bool()
+                            .unwrap(),
+                    },
+                );
+            }
         }
     }
     options

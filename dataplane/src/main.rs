@@ -33,6 +33,10 @@ struct Args {
     /// on the main thread alone.
     #[arg(long)]
     workers: Option<usize>,
+    /// Bind listeners that the snapshot puts on 0.0.0.0 or :: on this
+    /// address instead (several groups' data planes on one host).
+    #[arg(long)]
+    listen_address: Option<std::net::IpAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +63,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dataplane = Dataplane::new();
+    let dataplane = Dataplane::with_listen_address(args.listen_address);
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding admin address {}", args.admin))?;

@@ -69,7 +69,7 @@ pub fn gateway_api_crds_dir() -> PathBuf {
         .unwrap_or_else(|| beside_repo("shared/gateway-api/v1.6.1/config/crd/standard"))
 }
 
-fn kubectl_program() -> String {
+pub fn kubectl_program() -> String {
     std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
 }
 

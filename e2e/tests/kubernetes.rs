@@ -1,8 +1,9 @@
 //! Kubernetes mode against a real API server (kube-lite, with the upstream
 //! Gateway API CRDs): the controller watches, compiles, writes status with
 //! optimistic concurrency beside other controllers, serves snapshots to a
-//! data plane process, and hands status writing over to another replica when
-//! its leader dies.
+//! data plane process, hands status writing over to another replica when
+//! its leader dies, and moves a Gateway between cluster groups under load
+//! without a failed request.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -55,6 +56,15 @@ struct Controller {
 }
 
 fn controller(kube: &KubeLite, identity: &str, address: std::net::IpAddr) -> Controller {
+    controller_with(kube, identity, address, &[])
+}
+
+fn controller_with(
+    kube: &KubeLite,
+    identity: &str,
+    address: std::net::IpAddr,
+    extra: &[&str],
+) -> Controller {
     let mut command = Command::new(bin("gatehouse-controller"));
     command
         .env("KUBECONFIG", kube.kubeconfig())
@@ -63,7 +73,8 @@ fn controller(kube: &KubeLite, identity: &str, address: std::net::IpAddr) -> Con
         .args(["--port-offset", &PORT_OFFSET.to_string()])
         .args(["--listen-address", &address.to_string()])
         .args(["--lease-namespace", "default", "--identity", identity])
-        .args(["--lease-duration-seconds", "3"]);
+        .args(["--lease-duration-seconds", "3"])
+        .args(extra);
     let (process, found) = Process::start(
         command,
         &["admin listening on", "snapshot server listening on"],
@@ -76,11 +87,16 @@ fn controller(kube: &KubeLite, identity: &str, address: std::net::IpAddr) -> Con
 }
 
 fn dataplane(grpc: SocketAddr, node: &str) -> Process {
+    dataplane_of(grpc, "default", node, &[])
+}
+
+fn dataplane_of(grpc: SocketAddr, group: &str, node: &str, extra: &[&str]) -> Process {
     let mut command = Command::new(bin("gatehouse-dataplane"));
     command
         .args(["--controller", &format!("http://{grpc}")])
-        .args(["--group", "default", "--node-id", node])
-        .args(["--admin", "127.0.0.1:0"]);
+        .args(["--group", group, "--node-id", node])
+        .args(["--admin", "127.0.0.1:0"])
+        .args(extra);
     Process::spawn(command).expect("data plane")
 }
 
@@ -307,4 +323,191 @@ async fn a_second_replica_takes_over_status_when_the_leader_dies() {
     assert_eq!(holder().as_deref(), Some("second"));
     let took = started.elapsed();
     assert!(took < Duration::from_secs(15), "failover took {took:?}");
+}
+
+/// The data plane Service of `group`, a load balancer whose ingress is
+/// `address` (written to its status, as a cloud controller would).
+fn group_service(kube: &KubeLite, group: &str, address: std::net::IpAddr) {
+    let name = format!("gatehouse-dataplane-{group}");
+    kube.apply_str(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{app.kubernetes.io/component: dataplane, gatehouse.dev/cluster-group: {group}}}
+spec:
+  type: LoadBalancer
+  ports: [{{name: http, port: 80, targetPort: 20080}}]
+"#
+    ))
+    .expect("group service");
+    let patch = format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{address}"}}]}}}}}}"#);
+    kube.run_kubectl(
+        &[
+            "patch",
+            "service",
+            &name,
+            "--namespace",
+            "default",
+            "--subresource",
+            "status",
+            "--type",
+            "merge",
+            "--patch",
+            &patch,
+        ],
+        None,
+    )
+    .expect("load balancer status");
+}
+
+/// The first address in the Gateway's status, if any.
+fn gateway_address(kube: &KubeLite) -> Option<std::net::IpAddr> {
+    let gw = kube
+        .get_json(&["gateway", "gw", "--namespace", "default"])
+        .ok()?;
+    gw["status"]["addresses"][0]["value"].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_moves_between_groups_under_load_without_a_failed_request() {
+    use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering};
+
+    let (kube, _echo) = started();
+    let (old, new) = (unique_loopback(), unique_loopback());
+    assert_ne!(old, new);
+    group_service(&kube, "default", old);
+    group_service(&kube, "b", new);
+    let c = controller_with(
+        &kube,
+        "only",
+        "0.0.0.0".parse().unwrap(),
+        &["--group-move-drain-seconds", "3"],
+    );
+    // One data plane per group, each on its own address as if in its own
+    // pod.
+    let _a = dataplane_of(
+        c.grpc,
+        "default",
+        "dp-a",
+        &["--listen-address", &old.to_string()],
+    );
+    let _b = dataplane_of(c.grpc, "b", "dp-b", &["--listen-address", &new.to_string()]);
+
+    let url = |address: std::net::IpAddr| format!("http://{address}:{}/", 80 + PORT_OFFSET);
+    let client = HttpClient::new();
+    eventually(Duration::from_secs(30), || async {
+        anyhow::ensure!(
+            gateway_address(&kube) == Some(old),
+            "not on the old group yet"
+        );
+        let reply = client.get(&url(old), Some("web.test")).await?;
+        anyhow::ensure!(reply.status == 200, "status {}", reply.status);
+        Ok(())
+    })
+    .await;
+
+    // Clients follow the Gateway's status address, as DNS or a load
+    // balancer would, checking it every 200 ms.
+    let target = Arc::new(Mutex::new(old));
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (target, stop) = (target.clone(), stop.clone());
+        let kubeconfig = kube.kubeconfig().to_owned();
+        let cache = kube.workdir().join("kubectl-cache");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new(gatehouse_e2e::kube_lite::kubectl_program())
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("KUBECACHEDIR", &cache)
+                    .args(["get", "gateway", "gw", "--namespace", "default"])
+                    .args(["-o", "jsonpath={.status.addresses[0].value}"])
+                    .output();
+                if let Some(address) = out
+                    .ok()
+                    .and_then(|o| String::from_utf8(o.stdout).ok())
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    *target.lock().unwrap() = address;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let (target, stop) = (target.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = HttpClient::new();
+                let mut served = std::collections::BTreeMap::<std::net::IpAddr, u32>::new();
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let address = *target.lock().unwrap();
+                    let url = format!("http://{address}:{}/", 80 + PORT_OFFSET);
+                    match client.get(&url, Some("web.test")).await {
+                        Ok(reply) if reply.status == 200 => {
+                            *served.entry(address).or_default() += 1
+                        }
+                        Ok(reply) => failures.push(format!("{address}: status {}", reply.status)),
+                        Err(error) => failures.push(format!("{address}: {error:#}")),
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    kube.run_kubectl(
+        &[
+            "label",
+            "gateway",
+            "gw",
+            "--namespace",
+            "default",
+            "--overwrite",
+            "gatehouse.dev/cluster-group=b",
+        ],
+        None,
+    )
+    .expect("moving the Gateway");
+    // The new group takes the address once its data plane serves the
+    // Gateway; the old group stops serving it after the drain.
+    eventually(Duration::from_secs(30), || async {
+        anyhow::ensure!(
+            gateway_address(&kube) == Some(new),
+            "still on the old group"
+        );
+        Ok(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        match client.get(&url(old), Some("web.test")).await {
+            Ok(reply) if reply.status == 200 => anyhow::bail!("the old group still serves it"),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    follower.join().unwrap();
+    let mut served = std::collections::BTreeMap::<std::net::IpAddr, u32>::new();
+    for handle in loops {
+        let (counts, failures) = handle.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests, the first: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+        for (address, n) in counts {
+            *served.entry(address).or_default() += n;
+        }
+    }
+    assert!(
+        served.get(&old).copied().unwrap_or(0) > 0 && served.get(&new).copied().unwrap_or(0) > 0,
+        "both groups must have served: {served:?}"
+    );
 }

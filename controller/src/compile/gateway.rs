@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use gatehouse_snapshot::Protocol;
 
+use crate::compile::CompileOptions;
 use crate::compile::listener::{self, ListenerModel};
 use crate::compile::tls::Secrets;
-use crate::compile::{CLUSTER_GROUP_LABEL, CompileOptions, DEFAULT_CLUSTER_GROUP};
 use crate::k8s::{Gateway, Time};
 
 /// A Gateway as compile uses it.
@@ -20,6 +20,9 @@ pub struct GatewayModel<'a> {
     pub name: String,
     pub created: Option<&'a Time>,
     pub group: String,
+    /// A move from another group in progress: that group serves the
+    /// Gateway too.
+    pub moving_from: Option<super::Handover>,
     pub addresses: Result<Vec<IpAddr>, String>,
     pub listeners: Vec<ListenerModel>,
 }
@@ -27,12 +30,7 @@ pub struct GatewayModel<'a> {
 impl<'a> GatewayModel<'a> {
     pub fn new(gateway: &'a Gateway, options: &CompileOptions, secrets: &Secrets<'_>) -> Self {
         let meta = &gateway.metadata;
-        let group = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(CLUSTER_GROUP_LABEL))
-            .cloned()
-            .unwrap_or_else(|| DEFAULT_CLUSTER_GROUP.into());
+        let group = super::gateway_group(gateway);
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let mut listeners = listener::listeners(&gateway.spec.listeners, options.port_offset);
         for (i, (l, spec)) in listeners
@@ -56,8 +54,26 @@ impl<'a> GatewayModel<'a> {
             name: meta.name.clone().unwrap_or_default(),
             created: meta.creation_timestamp.as_ref(),
             group,
+            moving_from: None,
             addresses: addresses(gateway, options),
             listeners,
+        }
+    }
+
+    /// The groups whose data planes serve the Gateway.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.group.as_str()).chain(self.moving_from.iter().map(|h| h.from.as_str()))
+    }
+
+    pub fn serves(&self, group: &str) -> bool {
+        self.groups().any(|g| g == group)
+    }
+
+    /// The group whose addresses the Gateway reports.
+    pub fn reported_group(&self) -> &str {
+        match &self.moving_from {
+            Some(h) if !h.addresses_of_new_group => &h.from,
+            _ => &self.group,
         }
     }
 

@@ -61,6 +61,22 @@ pub struct CompileOptions {
     /// planes at (Kubernetes: the group's Service). A group missing here
     /// reports the addresses its Gateways bind.
     pub group_addresses: BTreeMap<String, Vec<(String, String)>>,
+    /// Whether every group's data planes run on one host (standalone), so
+    /// that one port on overlapping addresses can serve one group only. In
+    /// Kubernetes each group has its own pods and Service.
+    pub groups_share_host: bool,
+    /// Gateways moving between cluster groups, by (namespace, name): see
+    /// `crate::handover`.
+    pub handovers: BTreeMap<(String, String), Handover>,
+}
+
+/// A Gateway moving from group `from` to the group its label names: both
+/// groups serve it; its addresses are the old group's until the new one is
+/// ready, then the new one's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub from: String,
+    pub addresses_of_new_group: bool,
 }
 
 impl Default for CompileOptions {
@@ -70,8 +86,21 @@ impl Default for CompileOptions {
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             now: "1970-01-01T00:00:00Z".into(),
             group_addresses: BTreeMap::new(),
+            groups_share_host: true,
+            handovers: BTreeMap::new(),
         }
     }
+}
+
+/// The cluster group a Gateway's label puts it in.
+pub fn gateway_group(gateway: &crate::k8s::Gateway) -> String {
+    gateway
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(CLUSTER_GROUP_LABEL))
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CLUSTER_GROUP.into())
 }
 
 /// The result of one compile.
@@ -103,7 +132,14 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             .iter()
             .map(|g| (g.created, g.namespace.as_str(), g.name.as_str())),
     );
-    sharing::mark_shared_port_conflicts(&mut gateways, &gateway_ranks, options.port_offset);
+    for g in &mut gateways {
+        g.moving_from = options
+            .handovers
+            .get(&(g.namespace.clone(), g.name.clone()))
+            .filter(|h| h.from != g.group)
+            .cloned();
+    }
+    sharing::mark_shared_port_conflicts(&mut gateways, &gateway_ranks, options);
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = store
         .namespaces()
         .map(|n| {
@@ -147,7 +183,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             .map(|r| (r.created, r.namespace.as_str(), r.name.as_str())),
     );
     kinds::resolve(&routes, &route_ranks, &mut attachments, &mut route_reports);
-    let groups: BTreeSet<&str> = gateways.iter().map(|g| g.group.as_str()).collect();
+    let groups: BTreeSet<&str> = gateways.iter().flat_map(|g| g.groups()).collect();
     let snapshots = groups
         .into_iter()
         .map(|group| {
@@ -159,7 +195,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
                 route_ranks: &route_ranks,
                 attachments: attachments
                     .iter()
-                    .filter(|a| gateways[a.gateway].group == group)
+                    .filter(|a| gateways[a.gateway].serves(group))
                     .collect(),
                 backends: &backends,
                 options,
@@ -187,7 +223,11 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
     for (gi, g) in gateways.iter().enumerate() {
         let report = GatewayReport {
             group: g.group.clone(),
-            addresses: match (options.group_addresses.get(&g.group), &g.addresses) {
+            moving_from: g.moving_from.clone(),
+            addresses: match (
+                options.group_addresses.get(g.reported_group()),
+                &g.addresses,
+            ) {
                 (_, Err(_)) => Vec::new(),
                 (Some(service), Ok(_)) => service.clone(),
                 (None, Ok(bound)) => bound

@@ -60,7 +60,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         let Ok(addresses) = &g.addresses else {
             continue;
         };
-        if g.group != input.group {
+        if !g.serves(input.group) {
             continue;
         }
         for (li, l) in g.listeners.iter().enumerate() {

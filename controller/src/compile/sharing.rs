@@ -14,12 +14,17 @@
 //!
 //! The older Gateway keeps the port, so adding a Gateway never breaks a
 //! working one.
+//!
+//! Other cluster groups only matter where every group's data planes share
+//! one host (standalone). In Kubernetes each group has its own pods and
+//! Service, so only Gateways of one group can clash.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use gatehouse_snapshot::Protocol;
 
+use crate::compile::CompileOptions;
 use crate::compile::gateway::GatewayModel;
 
 /// A listener already given a socket.
@@ -33,10 +38,17 @@ struct Holder {
 }
 
 /// Marks listeners that cannot share a socket with older Gateways'.
-pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[usize], offset: u16) {
+pub fn mark_shared_port_conflicts(
+    gateways: &mut [GatewayModel<'_>],
+    ranks: &[usize],
+    options: &CompileOptions,
+) {
     let mut order: Vec<usize> = (0..gateways.len()).collect();
     order.sort_by_key(|&g| ranks[g]);
-    let mut bound: HashMap<u32, Vec<Holder>> = HashMap::new();
+    // Sockets by (host, port): one host for every group in standalone, a
+    // host per group in Kubernetes.
+    let mut bound: HashMap<(Option<String>, u32), Vec<Holder>> = HashMap::new();
+    let offset = options.port_offset;
     for gi in order {
         let g = &mut gateways[gi];
         let Ok(addresses) = g.addresses.clone() else {
@@ -48,7 +60,8 @@ pub fn mark_shared_port_conflicts(gateways: &mut [GatewayModel<'_>], ranks: &[us
                 continue;
             }
             let port = u32::from(l.port) + u32::from(offset);
-            let holders = bound.entry(port).or_default();
+            let host = (!options.groups_share_host).then(|| g.group.clone());
+            let holders = bound.entry((host, port)).or_default();
             let clash = addresses.iter().find_map(|address| {
                 holders
                     .iter()

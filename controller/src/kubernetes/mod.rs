@@ -32,6 +32,7 @@ use tracing::info;
 use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
+    handover::Handovers,
     k8s::{
         BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
         Namespace, ReferenceGrant, Secret, Service,
@@ -71,6 +72,11 @@ pub struct KubernetesArgs {
     /// replica takes over.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// After a Gateway moved to another cluster group and its addresses
+    /// changed to the new group's, how long the old group keeps serving it
+    /// for clients that still use the old addresses.
+    #[arg(long, default_value_t = 30)]
+    pub group_move_drain_seconds: u64,
 }
 
 /// Quiet time after the last change before a compile, and the longest a
@@ -138,8 +144,10 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
         options: CompileOptions {
             port_offset: args.port_offset,
             listen_address: args.listen_address,
+            groups_share_host: false,
             ..Default::default()
         },
+        handovers: Handovers::new(Duration::from_secs(args.group_move_drain_seconds)),
         previous: runtime::StatusHistory::default(),
         hub,
         view,
@@ -156,6 +164,8 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
     // Leadership and data plane answers change what must be written even
     // when no object changed.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Data plane answers also move Gateways between groups along.
+    let mut answers = state.hub.watch_changes();
     loop {
         tokio::select! {
             change = changes.recv() => {
@@ -176,7 +186,14 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
                 }
                 state.compile_and_publish().await;
             }
-            _ = tick.tick() => state.write_statuses().await,
+            _ = tick.tick() => {
+                if !state.advance_handovers().await {
+                    state.write_statuses().await;
+                }
+            }
+            Ok(()) = answers.changed() => {
+                state.advance_handovers().await;
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -299,6 +316,7 @@ struct Loop {
     compiled: bool,
     /// Where the data plane Services live (the controller's namespace).
     namespace: String,
+    handovers: Handovers,
 }
 
 /// Label of the data plane Services (with the cluster group label).
@@ -375,6 +393,21 @@ impl Loop {
         let now = runtime::now();
         self.options.now = runtime::rfc3339(now);
         self.options.group_addresses = group_addresses(&self.store, &self.namespace);
+        let labelled = self
+            .store
+            .gateways()
+            .map(|g| {
+                let key = (
+                    g.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    g.metadata.name.clone().unwrap_or_default(),
+                );
+                (key, crate::compile::gateway_group(g))
+            })
+            .collect();
+        self.options.handovers = self.handovers.plan(&labelled);
         let Compiled {
             snapshots,
             mut statuses,
@@ -393,6 +426,23 @@ impl Loop {
         self.gateway_groups = gateway_groups;
         self.compiled = true;
         self.write_statuses().await;
+    }
+
+    /// Moves Gateways between groups along (see `crate::handover`), and
+    /// compiles again when a move changed phase. True when it compiled.
+    async fn advance_handovers(&mut self) -> bool {
+        if !self.compiled {
+            return false;
+        }
+        let hub = self.hub.clone();
+        let changed = self
+            .handovers
+            .advance(std::time::Instant::now(), |group| hub.group_ready(group));
+        if changed {
+            info!(moves = ?self.handovers.current(), "cluster group moves advanced");
+            self.compile_and_publish().await;
+        }
+        changed
     }
 
     /// Brings the view up to date and, when this replica leads, the

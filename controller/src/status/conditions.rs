@@ -217,6 +217,8 @@ impl ListenerReport {
 pub struct GatewayReport {
     /// The cluster group whose data planes serve the Gateway.
     pub group: String,
+    /// A move from another group in progress.
+    pub moving_from: Option<crate::compile::Handover>,
     /// (type, value) as `status.addresses` reports them: the bound IP
     /// addresses, or in Kubernetes the group's data plane Service's.
     pub addresses: Vec<(String, String)>,
@@ -253,7 +255,17 @@ pub fn gateway(
             "Programmed",
             true,
             "Programmed",
-            &format!("Gateway is programmed in cluster group {:?}", report.group),
+            &match &report.moving_from {
+                None => format!("Gateway is programmed in cluster group {:?}", report.group),
+                Some(h) if !h.addresses_of_new_group => format!(
+                    "Gateway is programmed in cluster group {:?}, moving from {:?}: both serve it, and its addresses stay {:?}'s until {:?}'s data planes have applied it",
+                    report.group, h.from, h.from, report.group
+                ),
+                Some(h) => format!(
+                    "Gateway is programmed in cluster group {:?}, moving from {:?}, which serves it until the drain period ends",
+                    report.group, h.from
+                ),
+            },
         )
     } else if !gateway_ok {
         ctx.condition("Programmed", false, "AddressNotUsable", "No usable address")

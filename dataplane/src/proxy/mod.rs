@@ -73,10 +73,19 @@ pub struct Dataplane {
     /// Mirrored requests still running, capped so that a slow mirror can
     /// never pile up connections and tasks.
     mirrors_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where to bind ports the snapshot puts on the unspecified address.
+    listen_address: Option<std::net::IpAddr>,
 }
 
 impl Dataplane {
     pub fn new() -> Arc<Self> {
+        Self::with_listen_address(None)
+    }
+
+    /// A data plane that binds the snapshot's unspecified-address ports
+    /// (0.0.0.0, ::) on `address` instead: several groups' data planes on
+    /// one host, each on its own address.
+    pub fn with_listen_address(listen_address: Option<std::net::IpAddr>) -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(Table::empty()),
             ready: AtomicBool::new(false),
@@ -86,6 +95,7 @@ impl Dataplane {
             acks: AtomicU64::new(0),
             nacks: AtomicU64::new(0),
             mirrors_in_flight: Arc::default(),
+            listen_address,
         })
     }
 
@@ -117,6 +127,18 @@ impl Dataplane {
             return Ok(Applied::Unchanged);
         }
         let version = snapshot.version.clone();
+        let mut snapshot = snapshot;
+        if let Some(address) = self.listen_address {
+            for port in &mut snapshot.ports {
+                if port
+                    .address
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_unspecified())
+                {
+                    port.address = address.to_string();
+                }
+            }
+        }
         let table = Table::build_with(Arc::new(snapshot), Some(&current), &self.stats)?;
         let bound = listeners.bind_missing(table.port_keys()).await?;
         let kept = table.port_keys().to_vec();
