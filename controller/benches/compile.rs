@@ -1,14 +1,18 @@
 //! Compile at scale: 10,000 HTTPRoutes (1,000 hostnames × 10 paths) on one
 //! Gateway, over 1,000 Services with an EndpointSlice each. The store is
 //! built outside the timed closure; the baseline in the same group is a
-//! plain clone of the store, to read compile time as a ratio.
+//! plain clone of the store, to read compile time as a ratio. Then the same
+//! cluster's EndpointSlice change, refreshed instead of compiled.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gatehouse_controller::compile::{CompileOptions, compile};
+use gatehouse_controller::compile::{CompileOptions, compile, refresh_endpoints};
 use gatehouse_controller::manifest::parse_documents;
+use gatehouse_controller::serve::Snapshots;
 use gatehouse_controller::store::Store;
 
 const HOSTS: usize = 1_000;
@@ -64,5 +68,40 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_compile);
+/// An EndpointSlice change in the same cluster: one Service's addresses
+/// alternate between two sets, and the last compile's snapshot is refreshed
+/// and sealed again (as the Kubernetes loop does), instead of compiled.
+fn bench_endpoint_refresh(c: &mut Criterion) {
+    let mut store = store();
+    let mut snapshots: Snapshots = compile(&store, &CompileOptions::default())
+        .snapshots
+        .into_iter()
+        .map(|(group, snapshot)| (group, Arc::new(snapshot)))
+        .collect();
+    let slices: Vec<_> = ["10.250.0.1", "10.250.0.2"]
+        .iter()
+        .map(|address| {
+            let text = format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-7-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-7}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{address}]}}]\n"
+            );
+            parse_documents(&text).remove(0).expect("slice parses")
+        })
+        .collect();
+    let services = BTreeSet::from([("bench".to_owned(), "svc-7".to_owned())]);
+    let mut turn = 0;
+    let mut group = c.benchmark_group("compile");
+    group.sample_size(20);
+    group.bench_function("endpoint_change_refresh_10k_routes", |b| {
+        b.iter(|| {
+            turn += 1;
+            store.insert(slices[turn % 2].clone());
+            let changed = refresh_endpoints(&store, &mut snapshots, &services);
+            assert_eq!(changed.len(), 1);
+            black_box(changed)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_compile, bench_endpoint_refresh);
 criterion_main!(benches);

@@ -25,7 +25,9 @@ use crate::serve::SnapshotHub;
 #[derive(Default)]
 pub struct View {
     pub statuses: Vec<Value>,
-    pub snapshots: Value,
+    /// Rendered (keys redacted) only when asked for: a compile must not pay
+    /// for a debug view nobody reads.
+    pub snapshots: crate::serve::Snapshots,
     /// (group, node id) of every data plane that must be current to be ready.
     pub expected_nodes: Vec<(String, String)>,
     pub compiled: bool,
@@ -145,7 +147,10 @@ async fn debug_status(State(state): State<AdminState>) -> Json<Value> {
 }
 
 async fn debug_snapshots(State(state): State<AdminState>) -> Json<Value> {
-    Json(state.view.read().expect("view lock").snapshots.clone())
+    let snapshots = state.view.read().expect("view lock").snapshots.clone();
+    let plain: std::collections::BTreeMap<&String, &gatehouse_snapshot::Snapshot> =
+        snapshots.iter().map(|(group, s)| (group, &**s)).collect();
+    Json(gatehouse_snapshot::debug_json(&plain))
 }
 
 async fn debug_nodes(State(state): State<AdminState>) -> Json<Value> {

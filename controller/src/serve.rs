@@ -26,6 +26,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 type GroupChannel = watch::Sender<Option<Arc<Snapshot>>>;
 
+/// Snapshots by cluster group, shared (not copied) between the compile
+/// loop, the hub and the debug view.
+pub type Snapshots = BTreeMap<String, Arc<Snapshot>>;
+
 /// What the controller knows of one data plane.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NodeState {
@@ -61,7 +65,7 @@ impl SnapshotHub {
 
     /// Makes `snapshots` the current ones. A group that had a snapshot and is
     /// missing now gets an empty one, so its data planes stop listening.
-    pub fn publish(&self, snapshots: &BTreeMap<String, Snapshot>) {
+    pub fn publish(&self, snapshots: &Snapshots) {
         let mut groups = self.groups.lock().expect("hub lock");
         for (group, channel) in groups.iter() {
             if !snapshots.contains_key(group) && channel.borrow().is_some() {
@@ -77,7 +81,7 @@ impl SnapshotHub {
                 .as_ref()
                 .is_some_and(|current| current.version == snapshot.version);
             if !unchanged {
-                channel.send_replace(Some(Arc::new(snapshot.clone())));
+                channel.send_replace(Some(snapshot.clone()));
             }
         }
         drop(groups);
@@ -322,13 +326,16 @@ mod tests {
     #[test]
     fn publishing_the_same_version_does_not_wake_subscribers() {
         let hub = SnapshotHub::new();
-        let first = BTreeMap::from([("a".to_string(), snapshot("a", 80))]);
+        let first = BTreeMap::from([("a".to_string(), Arc::new(snapshot("a", 80)))]);
         hub.publish(&first);
         let mut rx = hub.group_receiver("a");
         rx.borrow_and_update();
         hub.publish(&first);
         assert!(!rx.has_changed().unwrap());
-        hub.publish(&BTreeMap::from([("a".to_string(), snapshot("a", 81))]));
+        hub.publish(&BTreeMap::from([(
+            "a".to_string(),
+            Arc::new(snapshot("a", 81)),
+        )]));
         assert!(rx.has_changed().unwrap());
     }
 
@@ -348,7 +355,10 @@ mod tests {
     #[test]
     fn a_removed_group_receives_an_empty_snapshot() {
         let hub = SnapshotHub::new();
-        hub.publish(&BTreeMap::from([("a".to_string(), snapshot("a", 80))]));
+        hub.publish(&BTreeMap::from([(
+            "a".to_string(),
+            Arc::new(snapshot("a", 80)),
+        )]));
         hub.publish(&BTreeMap::new());
         let rx = hub.group_receiver("a");
         let current = rx.borrow().clone().unwrap();

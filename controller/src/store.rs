@@ -2,7 +2,7 @@
 //! and iterated in a deterministic order so that compile never depends on
 //! insertion order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::k8s::{
@@ -194,6 +194,27 @@ impl Object {
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     objects: BTreeMap<ObjectKey, Object>,
+    /// EndpointSlice names by the (namespace, Service) they belong to, so
+    /// that a Service's endpoints are found without a scan of every slice.
+    slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
+}
+
+/// The (namespace, Service) an EndpointSlice belongs to, by its label.
+pub fn slice_service(object: &Object) -> Option<(String, String)> {
+    let Object::EndpointSlice(slice) = object else {
+        return None;
+    };
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::k8s::SERVICE_NAME_LABEL)?;
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    Some((namespace, service.clone()))
 }
 
 impl Store {
@@ -203,11 +224,68 @@ impl Store {
 
     /// Inserts or replaces; returns the object previously under that key.
     pub fn insert(&mut self, object: Object) -> Option<Object> {
-        self.objects.insert(object.key(), object)
+        let key = object.key();
+        if let Some(service) = slice_service(&object) {
+            self.slices_by_service
+                .entry(service)
+                .or_default()
+                .insert(key.name.clone());
+        }
+        let previous = self.objects.insert(key, object);
+        if let Some(old) = &previous {
+            self.unindex_if_moved(old);
+        }
+        previous
     }
 
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
-        self.objects.remove(key)
+        let removed = self.objects.remove(key)?;
+        if let Some(service) = slice_service(&removed)
+            && let Some(names) = self.slices_by_service.get_mut(&service)
+        {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.slices_by_service.remove(&service);
+            }
+        }
+        Some(removed)
+    }
+
+    /// Drops the index entry of a replaced slice whose Service label
+    /// changed.
+    fn unindex_if_moved(&mut self, old: &Object) {
+        let Some(service) = slice_service(old) else {
+            return;
+        };
+        let key = old.key();
+        let still = self.objects.get(&key).and_then(slice_service);
+        if still.as_ref() != Some(&service)
+            && let Some(names) = self.slices_by_service.get_mut(&service)
+        {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.slices_by_service.remove(&service);
+            }
+        }
+    }
+
+    /// The EndpointSlices of one Service, by name.
+    pub fn endpoint_slices_of<'s>(
+        &'s self,
+        namespace: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &'s EndpointSlice> + 's {
+        let names = self
+            .slices_by_service
+            .get(&(namespace.to_owned(), service.to_owned()));
+        let namespace = namespace.to_owned();
+        names.into_iter().flatten().filter_map(move |name| {
+            let key = ObjectKey::new(Kind::EndpointSlice, Some(&namespace), name);
+            match self.objects.get(&key) {
+                Some(Object::EndpointSlice(slice)) => Some(&**slice),
+                _ => None,
+            }
+        })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
@@ -328,6 +406,44 @@ mod tests {
         s.metadata.namespace = Some(ns.into());
         s.metadata.name = Some(name.into());
         Object::Service(Box::new(s))
+    }
+
+    fn slice(name: &str, service: &str) -> Object {
+        let mut s = EndpointSlice::default();
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.name = Some(name.into());
+        s.metadata.labels = Some(
+            [(
+                crate::k8s::SERVICE_NAME_LABEL.to_owned(),
+                service.to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        Object::EndpointSlice(Box::new(s))
+    }
+
+    fn slices_of(store: &Store, service: &str) -> Vec<String> {
+        store
+            .endpoint_slices_of("ns", service)
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_slices_are_found_by_their_service_label() {
+        let mut store = Store::new();
+        store.insert(slice("web-b", "web"));
+        store.insert(slice("web-a", "web"));
+        store.insert(slice("api-a", "api"));
+        assert_eq!(slices_of(&store, "web"), ["web-a", "web-b"]);
+        // Relabelled: it moves to the other Service.
+        store.insert(slice("web-a", "api"));
+        assert_eq!(slices_of(&store, "web"), ["web-b"]);
+        assert_eq!(slices_of(&store, "api"), ["api-a", "web-a"]);
+        store.remove(&ObjectKey::new(Kind::EndpointSlice, Some("ns"), "web-b"));
+        assert!(slices_of(&store, "web").is_empty());
+        assert!(store.endpoint_slices_of("other", "api").next().is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use gatehouse_snapshot::{Cluster, Endpoint, LoadBalancing, UpstreamProtocol};
 
 use crate::compile::backend_tls::BackendTlsPolicies;
 use crate::compile::grants::{Reference, ReferenceGrants};
-use crate::k8s::{BackendRef, EndpointSlice, SERVICE_NAME_LABEL, Service, ServicePort};
+use crate::k8s::{BackendRef, EndpointSlice, Service, ServicePort};
 use crate::status::BackendFailure;
 use crate::store::Store;
 
@@ -25,8 +25,8 @@ type NsName<'a> = (&'a str, &'a str);
 /// Services, EndpointSlices and ReferenceGrants indexed for lookups, and the
 /// clusters built so far.
 pub struct Backends<'a> {
+    store: &'a Store,
     services: HashMap<NsName<'a>, &'a Service>,
-    slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>>,
     grants: ReferenceGrants<'a>,
     tls: BackendTlsPolicies<'a>,
     clusters: BTreeMap<String, Cluster>,
@@ -45,20 +45,9 @@ impl<'a> Backends<'a> {
             .services()
             .map(|s| (ns_name(&s.metadata), s))
             .collect();
-        let mut slices: HashMap<NsName<'a>, Vec<&'a EndpointSlice>> = HashMap::new();
-        for slice in store.endpoint_slices() {
-            let labels = slice.metadata.labels.as_ref();
-            if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                let (ns, _) = ns_name(&slice.metadata);
-                slices
-                    .entry((ns, service.as_str()))
-                    .or_default()
-                    .push(slice);
-            }
-        }
         Backends {
+            store,
             services,
-            slices,
             grants: ReferenceGrants::new(store),
             tls: BackendTlsPolicies::new(store),
             clusters: BTreeMap::new(),
@@ -128,10 +117,7 @@ impl<'a> Backends<'a> {
         // gRPC forces HTTP/2 on a port that does not declare it: that is
         // another cluster than the HTTP/1.1 one of the same port.
         let h2c = force_h2c && service_port.app_protocol.as_deref() != Some(H2C_APP_PROTOCOL);
-        let name = match h2c {
-            true => format!("{ns}/{}:{port}+h2c", r.name),
-            false => format!("{ns}/{}:{port}", r.name),
-        };
+        let name = cluster_name(ns, &r.name, port, h2c);
         if !self.clusters.contains_key(&name) {
             let mut cluster = self.cluster(name.clone(), ns, service, service_port);
             if h2c {
@@ -154,17 +140,7 @@ impl<'a> Backends<'a> {
 
     fn cluster(&self, name: String, ns: &str, service: &Service, port: &ServicePort) -> Cluster {
         let service_name = service.metadata.name.as_deref().unwrap_or("");
-        let slices = self
-            .slices
-            .get(&(ns, service_name))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut endpoints: Vec<Endpoint> = slices
-            .iter()
-            .flat_map(|s| ready_endpoints(s, port))
-            .collect();
-        endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-        endpoints.dedup();
+        let endpoints = service_endpoints(self.store, ns, service_name, port);
         let least_request = service
             .metadata
             .annotations
@@ -192,6 +168,41 @@ impl<'a> Backends<'a> {
             tls,
         }
     }
+}
+
+/// The cluster of a Service port: `namespace/service:port`, with `+h2c`
+/// for the HTTP/2 variant a GRPCRoute forces on a port that does not
+/// declare it.
+fn cluster_name(ns: &str, service: &str, port: i32, h2c: bool) -> String {
+    match h2c {
+        true => format!("{ns}/{service}:{port}+h2c"),
+        false => format!("{ns}/{service}:{port}"),
+    }
+}
+
+/// The (namespace, Service, port) a cluster name was made from.
+pub fn cluster_source(name: &str) -> Option<(&str, &str, i32)> {
+    let (ns, rest) = name.split_once('/')?;
+    let rest = rest.strip_suffix("+h2c").unwrap_or(rest);
+    let (service, port) = rest.rsplit_once(':')?;
+    Some((ns, service, port.parse().ok()?))
+}
+
+/// The ready endpoints of a Service port over all of the Service's
+/// EndpointSlices, sorted, without repeats.
+pub fn service_endpoints(
+    store: &Store,
+    ns: &str,
+    service: &str,
+    port: &ServicePort,
+) -> Vec<Endpoint> {
+    let mut endpoints: Vec<Endpoint> = store
+        .endpoint_slices_of(ns, service)
+        .flat_map(|s| ready_endpoints(s, port))
+        .collect();
+    endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    endpoints.dedup();
+    endpoints
 }
 
 /// Endpoints of one slice for a Service port: the slice port with the same

@@ -12,6 +12,7 @@
 mod attach;
 mod backend;
 mod backend_tls;
+mod endpoints;
 mod filters;
 mod gateway;
 mod grants;
@@ -34,6 +35,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use gatehouse_snapshot::Snapshot;
 
 pub use backend::LOAD_BALANCING_ANNOTATION;
+pub use endpoints::refresh as refresh_endpoints;
 pub use hostname::{intersect as intersect_hostnames, specificity as hostname_specificity};
 pub use matches::normalize_prefix;
 

@@ -38,7 +38,7 @@ use crate::{
         Namespace, ReferenceGrant, Secret, Service,
     },
     runtime,
-    serve::SnapshotHub,
+    serve::{SnapshotHub, Snapshots},
     status::{self, StatusEntry},
     store::{Kind, Object, Store},
 };
@@ -148,6 +148,8 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         handovers: Handovers::new(Duration::from_secs(args.group_move_drain_seconds)),
+        snapshots: Snapshots::new(),
+        pending: Pending::default(),
         previous: runtime::StatusHistory::default(),
         hub,
         view,
@@ -317,6 +319,27 @@ struct Loop {
     /// Where the data plane Services live (the controller's namespace).
     namespace: String,
     handovers: Handovers,
+    /// The snapshots last published.
+    snapshots: Snapshots,
+    /// What changed since the last compile.
+    pending: Pending,
+}
+
+/// Changes since the last compile: EndpointSlice changes only (by the
+/// Services they belong to) can refresh the last compile's endpoints
+/// instead of compiling again (see `compile::refresh_endpoints`).
+#[derive(Debug, Default)]
+struct Pending {
+    other: bool,
+    services: BTreeSet<(String, String)>,
+}
+
+impl Pending {
+    fn slice(&mut self, slice: Option<&Object>) {
+        if let Some(service) = slice.and_then(crate::store::slice_service) {
+            self.services.insert(service);
+        }
+    }
 }
 
 /// Label of the data plane Services (with the cluster group label).
@@ -375,12 +398,24 @@ impl Loop {
                     self.store.insert(object);
                 }
                 self.listed.insert(kind);
+                self.pending.other = true;
+            }
+            Change::Applied(object) if object.kind() == Kind::EndpointSlice => {
+                self.pending.slice(Some(&object));
+                let previous = self.store.insert(object);
+                self.pending.slice(previous.as_ref());
             }
             Change::Applied(object) => {
                 self.store.insert(object);
+                self.pending.other = true;
+            }
+            Change::Deleted(key) if key.kind == Kind::EndpointSlice => {
+                let removed = self.store.remove(&key);
+                self.pending.slice(removed.as_ref());
             }
             Change::Deleted(key) => {
                 self.store.remove(&key);
+                self.pending.other = true;
             }
         }
     }
@@ -388,6 +423,11 @@ impl Loop {
     async fn compile_and_publish(&mut self) {
         if let Some(missing) = WATCHED.iter().find(|k| !self.listed.contains(k)) {
             tracing::debug!(%missing, "waiting for every watch to list before compiling");
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if self.compiled && !pending.other {
+            self.refresh_endpoints(&pending.services);
             return;
         }
         let now = runtime::now();
@@ -417,15 +457,37 @@ impl Loop {
         for snapshot in snapshots.values() {
             info!(group = %snapshot.group, version = %snapshot.version, "compiled");
         }
-        {
-            let mut view = self.view.write().expect("view lock");
-            view.snapshots = gatehouse_snapshot::debug_json(&snapshots);
-        }
-        self.hub.publish(&snapshots);
+        self.snapshots = snapshots
+            .into_iter()
+            .map(|(group, snapshot)| (group, Arc::new(snapshot)))
+            .collect();
+        self.view.write().expect("view lock").snapshots = self.snapshots.clone();
+        self.hub.publish(&self.snapshots);
         self.statuses = statuses;
         self.gateway_groups = gateway_groups;
         self.compiled = true;
         self.write_statuses().await;
+    }
+
+    /// Only EndpointSlices changed: the last compile with the endpoints of
+    /// their Services refreshed, pushed to the groups that hold them.
+    /// Statuses do not depend on endpoints and stay as they are.
+    fn refresh_endpoints(&mut self, services: &BTreeSet<(String, String)>) {
+        let started = std::time::Instant::now();
+        let groups = crate::compile::refresh_endpoints(&self.store, &mut self.snapshots, services);
+        if groups.is_empty() {
+            return;
+        }
+        for group in &groups {
+            info!(
+                %group,
+                version = %self.snapshots[group].version,
+                took = ?started.elapsed(),
+                "endpoints refreshed"
+            );
+        }
+        self.view.write().expect("view lock").snapshots = self.snapshots.clone();
+        self.hub.publish(&self.snapshots);
     }
 
     /// Moves Gateways between groups along (see `crate::handover`), and
@@ -440,6 +502,8 @@ impl Loop {
             .advance(std::time::Instant::now(), |group| hub.group_ready(group));
         if changed {
             info!(moves = ?self.handovers.current(), "cluster group moves advanced");
+            // Not an endpoint change: the whole compile must see the moves.
+            self.pending.other = true;
             self.compile_and_publish().await;
         }
         changed

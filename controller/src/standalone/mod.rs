@@ -169,6 +169,10 @@ impl Cycle {
             gateway_groups,
         } = compile(&store, &self.options);
         self.previous.carry(&mut statuses);
+        let snapshots: crate::serve::Snapshots = snapshots
+            .into_iter()
+            .map(|(group, snapshot)| (group, std::sync::Arc::new(snapshot)))
+            .collect();
         let groups: BTreeSet<String> = snapshots.keys().cloned().collect();
         for snapshot in snapshots.values() {
             info!(group = %snapshot.group, version = %snapshot.version, "compiled");
@@ -179,7 +183,7 @@ impl Cycle {
         {
             let mut view = self.view.write().expect("view lock");
             view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();
-            view.snapshots = gatehouse_snapshot::debug_json(&snapshots);
+            view.snapshots = snapshots.clone();
             view.expected_nodes = match supervisor {
                 Some(_) => groups
                     .iter()
