@@ -511,3 +511,43 @@ async fn a_gateway_moves_between_groups_under_load_without_a_failed_request() {
         "both groups must have served: {served:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_seen_by_a_replica_that_does_not_lead_reaches_the_gateway_status() {
+    let (kube, _echo) = started();
+    let address = unique_loopback();
+    // The listener's port is taken on the Gateway's address: the data plane
+    // cannot bind it and rejects the snapshot.
+    let _taken = std::net::TcpListener::bind((address, 80 + PORT_OFFSET)).unwrap();
+    let _leader = controller(&kube, "leader", address);
+    eventually(Duration::from_secs(30), || async {
+        let lease = kube.get_json(&["lease", "gatehouse-controller", "--namespace", "default"])?;
+        anyhow::ensure!(lease["spec"]["holderIdentity"] == "leader", "{lease}");
+        Ok(())
+    })
+    .await;
+    let follower = controller(&kube, "follower", address);
+    let _dp = dataplane(follower.grpc, "dp-on-follower");
+    let programmed = eventually(Duration::from_secs(30), || async {
+        let gw = kube.get_json(&["gateway", "gw", "--namespace", "default"])?;
+        let programmed = condition(&gw["status"]["conditions"], "Programmed")
+            .cloned()
+            .unwrap_or_default();
+        anyhow::ensure!(programmed["status"] == "False", "{programmed}");
+        Ok(programmed)
+    })
+    .await;
+    assert_eq!(programmed["reason"], "Invalid");
+    let message = programmed["message"].as_str().unwrap();
+    assert!(
+        message.contains("dp-on-follower") && message.contains("binding"),
+        "{message}"
+    );
+    let lease = kube
+        .get_json(&["lease", "gatehouse-controller", "--namespace", "default"])
+        .unwrap();
+    assert_eq!(
+        lease["spec"]["holderIdentity"], "leader",
+        "the leader wrote it"
+    );
+}

@@ -11,6 +11,7 @@
 //! serves snapshots; only the holder of the Lease writes status.
 
 mod lease;
+mod rejections;
 mod status_writer;
 mod watch;
 
@@ -126,16 +127,27 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         format!("gatehouse-{}-{nanos:x}", std::process::id())
     });
+    let renew = Duration::from_secs((args.lease_duration_seconds / 3).max(1));
     lease::spawn(
         client.clone(),
         lease::LeaseConfig {
             namespace: args.lease_namespace.clone(),
             name: args.lease_name.clone(),
-            identity,
+            identity: identity.clone(),
             duration: Duration::from_secs(args.lease_duration_seconds),
-            renew: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+            renew,
         },
         leader.clone(),
+    );
+    let others = rejections::spawn(
+        client.clone(),
+        rejections::Sharing {
+            namespace: args.lease_namespace.clone(),
+            lease: args.lease_name.clone(),
+            identity,
+            heartbeat: renew,
+        },
+        hub.clone(),
     );
 
     let mut state = Loop {
@@ -150,6 +162,7 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
         handovers: Handovers::new(Duration::from_secs(args.group_move_drain_seconds)),
         snapshots: Snapshots::new(),
         pending: Pending::default(),
+        others,
         previous: runtime::StatusHistory::default(),
         hub,
         view,
@@ -323,6 +336,8 @@ struct Loop {
     snapshots: Snapshots,
     /// What changed since the last compile.
     pending: Pending,
+    /// The other replicas' data planes' rejections.
+    others: tokio::sync::watch::Receiver<Vec<rejections::Rejections>>,
 }
 
 /// Changes since the last compile: EndpointSlice changes only (by the
@@ -518,12 +533,9 @@ impl Loop {
             return;
         }
         let now = runtime::rfc3339(runtime::now());
-        let statuses = status::with_rejections(
-            &self.statuses,
-            &self.gateway_groups,
-            &self.hub.rejections(),
-            &now,
-        );
+        let rejected = rejections::merged(&self.hub, &self.others.borrow());
+        let statuses =
+            status::with_rejections(&self.statuses, &self.gateway_groups, &rejected, &now);
         {
             let mut view = self.view.write().expect("view lock");
             view.statuses = statuses.iter().map(StatusEntry::to_debug_json).collect();

@@ -1,0 +1,199 @@
+//! Data plane rejections across controller replicas. Every replica serves
+//! snapshots, but only the Lease holder writes status, and a data plane's
+//! Nack reaches only the replica it is connected to. So each replica
+//! publishes the rejections its data planes made, of its groups' current
+//! versions, on a Lease of its own (`<lease>-<identity>`, annotation
+//! `gatehouse.dev/rejections`, renewed every heartbeat), and collects the
+//! others'. The leader shows a collected rejection when its version is the
+//! group's current one there too; compile is deterministic, so every
+//! replica computes the same versions from the same objects. A replica that
+//! stops renewing its Lease is forgotten after the Lease's duration.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::serve::SnapshotHub;
+
+/// Label of the rejection Leases, naming the election Lease they belong to.
+const LABEL: &str = "gatehouse.dev/rejections-of";
+const ANNOTATION: &str = "gatehouse.dev/rejections";
+const FIELD_MANAGER: &str = "gatehouse-controller";
+
+/// One data plane's rejection of a group's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub node: String,
+    pub version: String,
+    pub reason: String,
+}
+
+/// By cluster group.
+pub type Rejections = BTreeMap<String, Rejection>;
+
+#[derive(Debug, Clone)]
+pub struct Sharing {
+    pub namespace: String,
+    /// The election Lease's name.
+    pub lease: String,
+    pub identity: String,
+    pub heartbeat: Duration,
+}
+
+/// Shares this replica's rejections and returns the other replicas'
+/// (fresh ones only), kept up to date.
+pub fn spawn(
+    client: Client,
+    sharing: Sharing,
+    hub: Arc<SnapshotHub>,
+) -> watch::Receiver<Vec<Rejections>> {
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let api: Api<Lease> = Api::namespaced(client, &sharing.namespace);
+        let mut changes = hub.watch_changes();
+        let mut published: Option<Rejections> = None;
+        loop {
+            let ours = local(&hub);
+            // Nothing to say and nothing said: no write. A non-empty set is
+            // renewed every round, so that it stays fresh.
+            let write = published.as_ref() != Some(&ours) || !ours.is_empty();
+            let round = async {
+                if write {
+                    publish(&api, &sharing, &ours).await?;
+                }
+                collect(&api, &sharing).await
+            };
+            match tokio::time::timeout(sharing.heartbeat, round).await {
+                Ok(Ok(others)) => {
+                    published = Some(ours);
+                    tx.send_if_modified(|current| {
+                        let changed = *current != others;
+                        *current = others;
+                        changed
+                    });
+                }
+                Ok(Err(error)) => warn!(%error, "sharing data plane rejections failed"),
+                Err(_) => warn!("sharing data plane rejections timed out"),
+            }
+            // Again at the next heartbeat, or sooner when our data planes
+            // answer.
+            let _ = tokio::time::timeout(sharing.heartbeat, changes.changed()).await;
+        }
+    });
+    rx
+}
+
+/// This replica's data planes' rejections of their groups' current
+/// snapshots.
+fn local(hub: &SnapshotHub) -> Rejections {
+    hub.rejections()
+        .into_iter()
+        .filter_map(|(group, (node, reason))| {
+            let version = hub.current_version(&group)?;
+            Some((
+                group,
+                Rejection {
+                    node,
+                    version,
+                    reason,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn lease_name(sharing: &Sharing) -> String {
+    let name = format!(
+        "{}-{}",
+        sharing.lease,
+        sharing.identity.to_ascii_lowercase()
+    );
+    name.chars().take(253).collect()
+}
+
+async fn publish(api: &Api<Lease>, sharing: &Sharing, ours: &Rejections) -> kube::Result<()> {
+    let seconds = i32::try_from((sharing.heartbeat * 3).as_secs().max(1)).unwrap_or(i32::MAX);
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(lease_name(sharing)),
+            labels: Some([(LABEL.to_owned(), sharing.lease.clone())].into()),
+            annotations: Some(
+                [(
+                    ANNOTATION.to_owned(),
+                    serde_json::to_string(ours).unwrap_or_default(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(sharing.identity.clone()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    let mut value = serde_json::to_value(&lease).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = "coordination.k8s.io/v1".into();
+    value["kind"] = "Lease".into();
+    api.patch(
+        &lease_name(sharing),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Rejections>> {
+    let params = ListParams::default().labels(&format!("{LABEL}={}", sharing.lease));
+    let now = Timestamp::now().as_second();
+    let mut out = Vec::new();
+    for lease in api.list(&params).await? {
+        let spec = lease.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() == Some(sharing.identity.as_str()) {
+            continue;
+        }
+        let fresh = spec.renew_time.is_some_and(|renewed| {
+            renewed.0.as_second() + i64::from(spec.lease_duration_seconds.unwrap_or(0)) >= now
+        });
+        let shared = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .and_then(|json| serde_json::from_str::<Rejections>(json).ok());
+        if let (true, Some(rejections)) = (fresh, shared)
+            && !rejections.is_empty()
+        {
+            out.push(rejections);
+        }
+    }
+    Ok(out)
+}
+
+/// This replica's rejections and the others' that are of the group's
+/// current version here, as (node, reason) by group.
+pub fn merged(hub: &SnapshotHub, others: &[Rejections]) -> BTreeMap<String, (String, String)> {
+    let mut out = hub.rejections();
+    for rejections in others {
+        for (group, r) in rejections {
+            if hub.current_version(group).as_deref() == Some(r.version.as_str()) {
+                out.entry(group.clone())
+                    .or_insert_with(|| (r.node.clone(), r.reason.clone()));
+            }
+        }
+    }
+    out
+}
