@@ -166,7 +166,8 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
         previous: runtime::StatusHistory::default(),
         hub,
         view,
-        writer: status_writer::StatusWriter::new(client),
+        writer: status_writer::StatusWriter::new(client).spawn(leader.clone()),
+        term: 0,
         leader,
         was_leader: false,
         statuses: Vec::new(),
@@ -322,7 +323,10 @@ struct Loop {
     previous: runtime::StatusHistory,
     hub: Arc<SnapshotHub>,
     view: Arc<RwLock<admin::View>>,
-    writer: status_writer::StatusWriter,
+    /// The status writer's task: the latest statuses to write.
+    writer: tokio::sync::watch::Sender<Option<status_writer::Desired>>,
+    /// How many times this replica became leader.
+    term: u64,
     leader: Arc<AtomicBool>,
     was_leader: bool,
     /// As compiled, before the data planes' rejections.
@@ -543,11 +547,20 @@ impl Loop {
         }
         let leading = self.leader.load(Ordering::SeqCst);
         if leading && !self.was_leader {
-            self.writer.forget();
+            // Another leader may have written since: write everything.
+            self.term += 1;
         }
         self.was_leader = leading;
         if leading {
-            self.writer.write(&statuses).await;
+            let desired = status_writer::Desired {
+                statuses,
+                term: self.term,
+            };
+            self.writer.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&desired);
+                *current = Some(desired);
+                changed
+            });
         }
     }
 }

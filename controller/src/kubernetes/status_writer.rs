@@ -28,10 +28,21 @@ type Key = (String, Option<String>, String);
 /// Attempts per object when writes conflict.
 const ATTEMPTS: usize = 5;
 
+/// How soon statuses are written again when nothing new came.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct StatusWriter {
     client: Client,
     /// Our part of each status as last written (times included).
     written: BTreeMap<Key, Value>,
+}
+
+/// What the compile loop wants written: the statuses, and how many times
+/// this replica has become leader (a new term forgets what was written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub statuses: Vec<StatusEntry>,
+    pub term: u64,
 }
 
 impl StatusWriter {
@@ -40,6 +51,41 @@ impl StatusWriter {
             client,
             written: BTreeMap::new(),
         }
+    }
+
+    /// Runs the writer on its own task, so that a slow or hung API call
+    /// never holds up compiles and snapshot pushes: the loop hands over the
+    /// latest statuses (a newer set replaces one not yet written) and the
+    /// writer writes them while `leader` holds.
+    pub fn spawn(
+        mut self,
+        leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::sync::watch::Sender<Option<Desired>> {
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<Desired>>(None);
+        tokio::spawn(async move {
+            let mut term = 0;
+            let mut desired: Option<Desired> = None;
+            loop {
+                // A write that failed is tried again after a while, even
+                // when nothing new comes (entries already written cost no
+                // request).
+                match tokio::time::timeout(RETRY, rx.changed()).await {
+                    Ok(Err(_)) => return,
+                    Ok(Ok(())) => desired = rx.borrow_and_update().clone(),
+                    Err(_) => {}
+                }
+                let Some(desired) = &desired else { continue };
+                if !leader.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                if desired.term != term {
+                    self.forget();
+                    term = desired.term;
+                }
+                self.write(&desired.statuses).await;
+            }
+        });
+        tx
     }
 
     /// Forgets what was written, e.g. after leadership was regained: another
