@@ -90,6 +90,7 @@ fn snapshot(routes: usize) -> pb::Snapshot {
             ..Default::default()
         }],
         rules,
+        backend_identities: vec![],
         clusters: vec![pb::Cluster {
             name: "ns/svc:80".into(),
             endpoints: vec![pb::Endpoint {

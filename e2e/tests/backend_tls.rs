@@ -3,7 +3,8 @@
 //! hostname; a wrong name or a missing CA fails the request (502), never
 //! falls back to clear text, and the policy's status says why. URI subject
 //! alternative names (SPIFFE IDs) are verified as the certificate carries
-//! them.
+//! them. A Gateway's `spec.tls.backend.clientCertificateRef` is presented to
+//! backends that ask for a client certificate.
 
 use gatehouse_e2e::tls::TestCa;
 use gatehouse_e2e::{Echo, HttpClient, Standalone, manifests};
@@ -107,20 +108,35 @@ fn tls_backend(
     ca: &TestCa,
     issued: &gatehouse_e2e::tls::Issued,
 ) -> (Echo, String, tempfile::TempDir) {
+    tls_backend_with(ca, issued, &[])
+}
+
+/// The same, with more `gatehouse-echo` arguments; `{ca}` in them is the
+/// path of `ca`'s certificate.
+fn tls_backend_with(
+    ca: &TestCa,
+    issued: &gatehouse_e2e::tls::Issued,
+    extra: &[&str],
+) -> (Echo, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca_file = dir.path().join("ca.crt");
     std::fs::write(&cert, &issued.cert_pem).unwrap();
     std::fs::write(&key, &issued.key_pem).unwrap();
-    let backend = Echo::start_with(
-        "tls-backend",
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let mut args = vec![
+        "--tls-cert".to_owned(),
+        cert.to_str().unwrap().to_owned(),
+        "--tls-key".to_owned(),
+        key.to_str().unwrap().to_owned(),
+    ];
+    args.extend(
+        extra
+            .iter()
+            .map(|a| a.replace("{ca}", ca_file.to_str().unwrap())),
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let backend = Echo::start_with("tls-backend", "127.0.0.1:0".parse().unwrap(), &args);
     let indent = |pem: &str| {
         pem.lines()
             .map(|l| format!("    {l}\n"))
@@ -190,4 +206,115 @@ async fn uri_subject_alt_names_are_verified() {
         message.contains("subjectAltNames[0].uri") && message.contains("InvalidKind"),
         "{status}"
     );
+}
+
+/// A Gateway `name` in `default` with one HTTP listener on `port` and
+/// `tls` (YAML under `spec.tls`, indented by four spaces) when given.
+fn gateway(name: &str, port: u16, tls: Option<&str>) -> String {
+    let tls = tls.map(|t| format!("  tls:\n{t}")).unwrap_or_default();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: gatehouse\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n{tls}"
+    )
+}
+
+fn gateway_condition(status: &Value, kind: &str) -> Option<(String, String)> {
+    status["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_presents_its_client_certificate_to_backends() {
+    use sha2::Digest;
+
+    let ca = TestCa::new();
+    let server = ca.issue(&["backend.test"]);
+    let client = ca.issue(&["gateway-client.test"]);
+    // The backend requires a client certificate of the same CA.
+    let (backend, config_map, _dir) = tls_backend_with(&ca, &server, &["--tls-client-ca", "{ca}"]);
+    let backend_tls = "    backend:\n      clientCertificateRef: {name: gateway-client}\n";
+    let route = |name: &str, parent: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: {parent}}}]\n  rules:\n  - backendRefs: [{{name: secure, port: 80}}]\n"
+        )
+    };
+    let docs = [
+        manifests::gateway_with("  - {name: unused, port: 9, protocol: HTTP}\n"),
+        gateway("with-cert", 80, Some(backend_tls)),
+        gateway("without-cert", 81, None),
+        gateway(
+            "missing-secret",
+            82,
+            Some("    backend:\n      clientCertificateRef: {name: nowhere}\n"),
+        ),
+        gateway(
+            "other-namespace",
+            83,
+            Some(
+                "    backend:\n      clientCertificateRef: {name: gateway-client, namespace: elsewhere}\n",
+            ),
+        ),
+        gatehouse_e2e::tls::secret("default", "gateway-client", &client),
+        gatehouse_e2e::tls::secret("elsewhere", "gateway-client", &client),
+        config_map,
+        manifests::service("default", "secure", &[backend.port()]),
+        policy("secure", "secure", "backend.test", "backend-ca"),
+        route("via-cert", "with-cert"),
+        route("via-no-cert", "without-cert"),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
+    let client_http = HttpClient::new();
+
+    let reply = client_http
+        .get(&gw.url(80, "/"), Some("any.test"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let presented = hex::encode(sha2::Sha256::digest(client.der()));
+    assert_eq!(reply.echo()["client_cert_sha256"], presented.as_str());
+
+    // Same Service, through a Gateway without a client certificate: the
+    // backend refuses the connection.
+    let refused = client_http
+        .get(&gw.url(81, "/"), Some("any.test"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 502, "{}", refused.text());
+
+    let status = gw.status_of("Gateway", "default/with-cert").await.unwrap();
+    assert_eq!(
+        gateway_condition(&status, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+    for (name, reason) in [
+        ("missing-secret", "InvalidClientCertificateRef"),
+        ("other-namespace", "RefNotPermitted"),
+    ] {
+        let status = gw
+            .status_of("Gateway", &format!("default/{name}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            gateway_condition(&status, "ResolvedRefs"),
+            Some(("False".into(), reason.into())),
+            "{name}: {status}"
+        );
+        assert_eq!(
+            gateway_condition(&status, "Accepted"),
+            Some(("True".into(), "Accepted".into())),
+            "{name}"
+        );
+    }
+    let without = gw
+        .status_of("Gateway", "default/without-cert")
+        .await
+        .unwrap();
+    assert_eq!(gateway_condition(&without, "ResolvedRefs"), None);
 }

@@ -14,7 +14,8 @@
 //! answers N to the first K requests carrying that `uuid`, then as usual;
 //! the JSON echo's `attempt` counts the requests seen for the `uuid`.
 //! `--grpc` serves the gRPC health service instead; `--tls-cert` and
-//! `--tls-key` serve HTTPS. `--delay-ms` delays
+//! `--tls-key` serve HTTPS, `--tls-client-ca` requires client certificates
+//! of that CA. `--delay-ms` delays
 //! every answer; `--record` keeps the description of
 //! every request and serves them as a JSON array at `GET /__echo/recorded`,
 //! for backends (mirrors) whose answers nobody sees.
@@ -59,6 +60,10 @@ struct Args {
     /// PEM private key of `--tls-cert`.
     #[arg(long)]
     tls_key: Option<std::path::PathBuf>,
+    /// With `--tls-cert`: require a client certificate issued by this PEM
+    /// CA; the JSON echo reports its SHA-256 as `client_cert_sha256`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// Serve gRPC instead (HTTP/2 cleartext): the standard health service
     /// (grpc.health.v1.Health), reporting SERVING for a service named like
     /// this backend, so a caller can tell which backend answered.
@@ -96,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         attempts: Default::default(),
     });
     let acceptor = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, args.tls_client_ca.as_deref())?),
         _ => None,
     };
     let local = listener.local_addr()?;
@@ -118,19 +123,35 @@ async fn main() -> anyhow::Result<()> {
                 let echo = echo.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let echo = echo.clone();
-                        async move { Ok::<_, Infallible>(echo.respond(req).await) }
-                    });
+                    let service = |client_cert: Option<Arc<str>>| {
+                        service_fn(move |req| {
+                            let (echo, client_cert) = (echo.clone(), client_cert.clone());
+                            async move { Ok::<_, Infallible>(echo.respond(req, client_cert).await) }
+                        })
+                    };
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let _ = match acceptor {
                         None => builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service(None))
                             .await,
                         Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(tls) => builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                .await,
+                            Ok(tls) => {
+                                let client_cert = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| {
+                                        use sha2::Digest;
+                                        Arc::from(hex::encode(sha2::Sha256::digest(c)))
+                                    });
+                                builder
+                                    .serve_connection_with_upgrades(
+                                        TokioIo::new(tls),
+                                        service(client_cert),
+                                    )
+                                    .await
+                            }
                             Err(_) => return,
                         },
                     };
@@ -142,7 +163,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl Echo {
-    async fn respond(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(
+        &self,
+        mut req: Request<Incoming>,
+        client_cert: Option<Arc<str>>,
+    ) -> Response<Full<Bytes>> {
         if let Some(accept) = websocket_accept(&req) {
             let upgrade = hyper::upgrade::on(&mut req);
             let name = self.name.clone();
@@ -225,6 +250,7 @@ impl Echo {
             "version": format!("{:?}", parts.version),
             "tls": self.tls,
             "attempt": attempt,
+            "client_cert_sha256": client_cert.as_deref(),
         });
         if let Some(recorded) = &self.recorded {
             recorded
@@ -306,6 +332,7 @@ async fn echo_websocket(name: Arc<str>, upgraded: hyper::upgrade::Upgraded) {
 fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let chain = CertificateDer::pem_file_iter(cert)
@@ -313,12 +340,27 @@ fn tls_acceptor(
         .collect::<Result<Vec<_>, _>>()?;
     let key =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots.add(cert?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

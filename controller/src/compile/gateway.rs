@@ -5,12 +5,13 @@
 
 use std::net::IpAddr;
 
-use gatehouse_snapshot::Protocol;
+use gatehouse_snapshot::{Certificate, Protocol};
 
 use crate::compile::CompileOptions;
 use crate::compile::listener::{self, ListenerModel};
 use crate::compile::tls::Secrets;
 use crate::k8s::{Gateway, Time};
+use crate::status::CertificateFailure;
 
 /// A Gateway as compile uses it.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct GatewayModel<'a> {
     pub moving_from: Option<super::Handover>,
     pub addresses: Result<Vec<IpAddr>, String>,
     pub listeners: Vec<ListenerModel>,
+    /// `spec.tls.backend.clientCertificateRef`, when set.
+    pub backend_identity: Option<Result<Certificate, CertificateFailure>>,
 }
 
 impl<'a> GatewayModel<'a> {
@@ -48,6 +51,7 @@ impl<'a> GatewayModel<'a> {
                 l.client_validation = frontend.validation;
             }
         }
+        let backend_identity = secrets.backend_identity(&namespace, gateway.spec.tls.as_ref());
         GatewayModel {
             gateway,
             namespace,
@@ -57,6 +61,7 @@ impl<'a> GatewayModel<'a> {
             moving_from: None,
             addresses: addresses(gateway, options),
             listeners,
+            backend_identity,
         }
     }
 

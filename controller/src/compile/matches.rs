@@ -130,6 +130,7 @@ fn route_match(m: &K8sMatch, field: &dyn Fn() -> String) -> Result<RouteMatch, S
         headers,
         query_params,
         rule: 0,
+        backend_identity: 0,
     })
 }
 

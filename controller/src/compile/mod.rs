@@ -226,6 +226,10 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         let report = GatewayReport {
             group: g.group.clone(),
             moving_from: g.moving_from.clone(),
+            backend_identity: g
+                .backend_identity
+                .as_ref()
+                .map(|r| r.as_ref().err().cloned()),
             addresses: match (
                 options.group_addresses.get(g.reported_group()),
                 &g.addresses,

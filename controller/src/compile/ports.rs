@@ -126,9 +126,25 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
             }
         }
     }
+    // Gateway client certificates, by Secret, in Gateway order.
+    let mut identities: Vec<Certificate> = Vec::new();
+    let mut identity_of = |gateway: usize| -> u32 {
+        let Some(Ok(certificate)) = &input.gateways[gateway].backend_identity else {
+            return 0;
+        };
+        let index = match identities.iter().position(|c| c.name == certificate.name) {
+            Some(index) => index,
+            None => {
+                identities.push(certificate.clone());
+                identities.len() - 1
+            }
+        };
+        index as u32 + 1
+    };
     for a in &input.attachments {
         let route = &input.routes[a.route];
         let first = first_rule[&a.route];
+        let identity = identity_of(a.gateway);
         for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
             let listener = &mut ports.get_mut(key).expect("slot of a known port").3[*index];
             for host in &a.hosts {
@@ -138,6 +154,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                         let precedence = route.precedence(input.route_ranks[a.route], ri, mi);
                         let mut m = m.clone();
                         m.rule = first + ri as u32;
+                        m.backend_identity = identity;
                         entries.push((precedence, m));
                     }
                 }
@@ -163,6 +180,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         ports,
         rules,
         clusters,
+        backend_identities: identities,
     }
 }
 

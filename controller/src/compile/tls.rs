@@ -137,6 +137,29 @@ impl<'a> Secrets<'a> {
 }
 
 impl Secrets<'_> {
+    /// Gateway `spec.tls.backend.clientCertificateRef`: the certificate the
+    /// Gateway presents to TLS backends. `None` without one; a reference
+    /// that does not resolve is `InvalidClientCertificateRef` (or
+    /// `RefNotPermitted`) on the Gateway's `ResolvedRefs`.
+    pub fn backend_identity(
+        &self,
+        gateway_ns: &str,
+        tls: Option<&GatewayTls>,
+    ) -> Option<Result<Certificate, CertificateFailure>> {
+        let r = tls?.backend.as_ref()?.client_certificate_ref.as_ref()?;
+        let reference = CertificateRef {
+            group: r.group.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+        };
+        Some(self.certificate(
+            gateway_ns,
+            "spec.tls.backend.clientCertificateRef",
+            &reference,
+        ))
+    }
+
     /// The client validation for HTTPS listener port `port` of a Gateway in
     /// `gateway_ns`. Spec (`FrontendTLSValidation.caCertificateRefs`): a
     /// ConfigMap with `ca.crt` (Core); any other kind is

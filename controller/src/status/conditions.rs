@@ -219,6 +219,9 @@ pub struct GatewayReport {
     pub group: String,
     /// A move from another group in progress.
     pub moving_from: Option<crate::compile::Handover>,
+    /// `spec.tls.backend.clientCertificateRef`, when set: `None` resolved,
+    /// else why not.
+    pub backend_identity: Option<Option<CertificateFailure>>,
     /// (type, value) as `status.addresses` reports them: the bound IP
     /// addresses, or in Kubernetes the group's data plane Service's.
     pub addresses: Vec<(String, String)>,
@@ -290,9 +293,30 @@ pub fn gateway(
         .iter()
         .map(|l| l.to_status(ctx, gateway_ok))
         .collect();
+    let mut conditions = vec![accepted, programmed];
+    // Gateway `ResolvedRefs`: the references of the Gateway itself (its
+    // backend client certificate), reported when it has one.
+    if let Some(identity) = &report.backend_identity {
+        conditions.push(match identity {
+            None => ctx.condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references resolved",
+            ),
+            Some(CertificateFailure::RefNotPermitted(m)) => {
+                ctx.condition("ResolvedRefs", false, "RefNotPermitted", m)
+            }
+            Some(
+                CertificateFailure::Invalid(m)
+                | CertificateFailure::InvalidCa(m)
+                | CertificateFailure::InvalidCaKind(m),
+            ) => ctx.condition("ResolvedRefs", false, "InvalidClientCertificateRef", m),
+        });
+    }
     let status = object([
         ("addresses", Value::Array(addresses)),
-        ("conditions", Value::Array(vec![accepted, programmed])),
+        ("conditions", Value::Array(conditions)),
         ("listeners", Value::Array(listeners)),
     ]);
     entry("Gateway", Some(namespace), name, ctx.generation, status)

@@ -183,7 +183,8 @@ impl Dataplane {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
-            request = self.mirror(table, &filters.mirrors, conn, request);
+            let identity = found.route_match.backend_identity;
+            request = self.mirror(table, &filters.mirrors, conn, identity, request);
         }
         let mut response = self
             .forward_with_retries(table, found, conn, request)
@@ -213,7 +214,8 @@ impl Dataplane {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
-            request = self.mirror(table, &filters.mirrors, conn, request);
+            let identity = found.route_match.backend_identity;
+            request = self.mirror(table, &filters.mirrors, conn, identity, request);
         }
         let cluster = match &backend.target {
             Target::Cluster(index) => table.cluster(*index),
@@ -225,6 +227,7 @@ impl Dataplane {
         let endpoint = cluster
             .pick_endpoint(rand::random())
             .ok_or(ProxyError::NoEndpoints)?;
+        let tls = cluster.tls_for(found.route_match.backend_identity);
         let in_flight = endpoint.begin();
         let upgrade = upgrade::requested(&request).map(|protocol| {
             let client_side = hyper::upgrade::on(&mut request);
@@ -235,8 +238,7 @@ impl Dataplane {
             Some(_) => UpstreamProtocol::Http1,
             None => cluster.protocol,
         };
-        let mut upstream_request =
-            upstream_request(request, conn, protocol, cluster.tls.is_some())?;
+        let mut upstream_request = upstream_request(request, conn, protocol, tls.is_some())?;
         if let Some((asked, _)) = &upgrade {
             upgrade::restore(upstream_request.headers_mut(), asked);
         }
@@ -244,19 +246,19 @@ impl Dataplane {
             if upgrade.is_some() {
                 return self
                     .upstream
-                    .send_upgrade(endpoint.address, cluster.tls.as_deref(), upstream_request)
+                    .send_upgrade(endpoint.address, tls.map(|t| &**t), upstream_request)
                     .await
                     .map(|response| (response, None));
             }
             match protocol {
                 UpstreamProtocol::Http1 => self
                     .upstream
-                    .send_http1(endpoint.address, cluster.tls.as_deref(), upstream_request)
+                    .send_http1(endpoint.address, tls.map(|t| &**t), upstream_request)
                     .await
                     .map(|(response, connection)| (response, Some(connection))),
                 UpstreamProtocol::H2c => self
                     .upstream
-                    .send_h2c(endpoint.address, cluster.tls.as_deref(), upstream_request)
+                    .send_h2c(endpoint.address, tls.map(|t| &**t), upstream_request)
                     .await
                     .map(|response| (response, None)),
             }
@@ -317,6 +319,7 @@ impl Dataplane {
         table: &Table,
         mirrors: &[Mirror],
         conn: &Connection,
+        identity: usize,
         request: Request<RequestBody>,
     ) -> Request<RequestBody> {
         let selected: Vec<&Mirror> = mirrors
@@ -343,15 +346,15 @@ impl Dataplane {
             *head.uri_mut() = parts.uri.clone();
             *head.version_mut() = parts.version;
             *head.headers_mut() = parts.headers.clone();
-            let Ok(copy) = upstream_request(head, conn, cluster.protocol, cluster.tls.is_some())
-            else {
+            let tls = cluster.tls_for(identity);
+            let Ok(copy) = upstream_request(head, conn, cluster.protocol, tls.is_some()) else {
                 continue;
             };
             let target = MirrorTarget {
                 _slot: slot,
                 cluster: cluster.name.clone(),
                 address: endpoint.address,
-                tls: cluster.tls.clone(),
+                tls: tls.cloned(),
                 protocol: cluster.protocol,
                 in_flight: endpoint.begin(),
             };

@@ -85,6 +85,9 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// BackendTLSPolicy: connections to the endpoints use TLS.
     pub tls: Option<Arc<super::UpstreamTls>>,
+    /// The same TLS presenting each of the snapshot's Gateway client
+    /// certificates (empty without TLS).
+    pub tls_with_identity: Box<[Arc<super::UpstreamTls>]>,
     /// Round-robin position, shared with the previous table's cluster of the
     /// same name.
     pub next: Arc<AtomicUsize>,
@@ -100,6 +103,15 @@ pub struct Endpoint {
 }
 
 impl Cluster {
+    /// The TLS settings for a request that came through a Gateway with
+    /// client certificate `identity` (1 + index; 0 for none).
+    pub fn tls_for(&self, identity: usize) -> Option<&Arc<super::UpstreamTls>> {
+        match identity.checked_sub(1) {
+            None => self.tls.as_ref(),
+            Some(index) => self.tls_with_identity.get(index).or(self.tls.as_ref()),
+        }
+    }
+
     /// Round robin takes the next position; least request compares two
     /// random endpoints' in-flight counts (power of two choices).
     pub fn pick_endpoint(&self, roll: u64) -> Option<&Endpoint> {
@@ -162,6 +174,7 @@ mod tests {
             load_balancing,
             protocol: UpstreamProtocol::Http1,
             tls: None,
+            tls_with_identity: Box::default(),
             next: Arc::default(),
         }
     }

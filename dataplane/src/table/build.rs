@@ -25,6 +25,14 @@ use super::{
 };
 use crate::stats::StatsRegistry;
 
+/// How many rules and backend identities the snapshot has, for the
+/// indices that refer to them.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    rules: usize,
+    identities: usize,
+}
+
 /// Gateway API caps `BackendRef.weight` at 1,000,000.
 const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -42,12 +50,16 @@ impl Table {
         previous: Option<&Table>,
         stats: &StatsRegistry,
     ) -> Result<Table, BuildError> {
-        let clusters = build_clusters(&snapshot.clusters, previous)?;
+        let clusters = build_clusters(&snapshot.clusters, &snapshot.backend_identities, previous)?;
         let rules = build_rules(&snapshot.rules, clusters.len(), stats)?;
+        let counts = Counts {
+            rules: rules.len(),
+            identities: snapshot.backend_identities.len(),
+        };
         let mut ports = HashMap::with_capacity(snapshot.ports.len());
         let mut port_keys = Vec::with_capacity(snapshot.ports.len());
         for (i, port) in snapshot.ports.iter().enumerate() {
-            let (key, built) = build_port(port, i, rules.len())?;
+            let (key, built) = build_port(port, i, counts)?;
             if ports.insert(key, built).is_some() {
                 return Err(BuildError::new(
                     format!("Port {key}"),
@@ -67,7 +79,7 @@ impl Table {
     }
 }
 
-fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, Port), BuildError> {
+fn build_port(port: &pb::Port, i: usize, counts: Counts) -> Result<(PortKey, Port), BuildError> {
     let object = format!("Port {}:{}", port.address, port.bind_port);
     let err = |field: &str, problem: String| {
         BuildError::new(object.clone(), format!("ports[{i}].{field}"), problem)
@@ -95,7 +107,7 @@ fn build_port(port: &pb::Port, i: usize, rule_count: usize) -> Result<(PortKey, 
         .iter()
         .enumerate()
         .map(|(l, listener)| {
-            build_listener(listener, &format!("ports[{i}].listeners[{l}]"), rule_count)
+            build_listener(listener, &format!("ports[{i}].listeners[{l}]"), counts)
         })
         .collect::<Result<_, _>>()?;
     let key = PortKey { address, bind_port };
@@ -117,7 +129,7 @@ fn nonzero_port(port: u32) -> Option<u16> {
 fn build_listener(
     listener: &pb::Listener,
     field: &str,
-    rule_count: usize,
+    counts: Counts,
 ) -> Result<Listener, BuildError> {
     let object = describe(listener.origin.as_ref());
     let hostname = HostPattern::parse(&listener.hostname).ok_or_else(|| {
@@ -136,7 +148,7 @@ fn build_listener(
             |problem: String| BuildError::new(object.clone(), format!("{field}.hostname"), problem);
         let pattern = HostPattern::parse(&vhost.hostname)
             .ok_or_else(|| err(format!("{:?} is not a hostname", vhost.hostname)))?;
-        let built = build_virtual_host(vhost, &field, &object, rule_count)?;
+        let built = build_virtual_host(vhost, &field, &object, counts)?;
         let duplicate = match pattern {
             HostPattern::Exact(name) => exact.insert(name, built).is_some(),
             HostPattern::Wildcard(suffix) => {
@@ -165,7 +177,7 @@ fn build_virtual_host(
     vhost: &pb::VirtualHost,
     field: &str,
     object: &str,
-    rule_count: usize,
+    counts: Counts,
 ) -> Result<VirtualHost, BuildError> {
     let matches = vhost
         .matches
@@ -176,7 +188,7 @@ fn build_virtual_host(
                 route_match,
                 &format!("{field}.matches[{m}]"),
                 object,
-                rule_count,
+                counts,
             )
         })
         .collect::<Result<_, _>>()?;
@@ -187,18 +199,30 @@ fn build_match(
     m: &pb::RouteMatch,
     field: &str,
     object: &str,
-    rule_count: usize,
+    counts: Counts,
 ) -> Result<RouteMatch, BuildError> {
     let err = |sub: &str, problem: String| {
         BuildError::new(object.to_owned(), format!("{field}.{sub}"), problem)
     };
     let rule = usize::try_from(m.rule)
         .ok()
-        .filter(|r| *r < rule_count)
+        .filter(|r| *r < counts.rules)
         .ok_or_else(|| {
             err(
                 "rule",
-                format!("index {} out of range ({rule_count} rules)", m.rule),
+                format!("index {} out of range ({} rules)", m.rule, counts.rules),
+            )
+        })?;
+    let backend_identity = usize::try_from(m.backend_identity)
+        .ok()
+        .filter(|i| *i <= counts.identities)
+        .ok_or_else(|| {
+            err(
+                "backend_identity",
+                format!(
+                    "{} is beyond the {} backend identities",
+                    m.backend_identity, counts.identities
+                ),
             )
         })?;
     let path = build_path(m.path.as_ref()).map_err(|problem| err("path", problem))?;
@@ -248,6 +272,7 @@ fn build_match(
         headers,
         query_params,
         rule,
+        backend_identity,
     })
 }
 
@@ -379,6 +404,7 @@ fn build_filters(
 
 fn build_clusters(
     clusters: &[pb::Cluster],
+    identities: &[pb::Certificate],
     previous: Option<&Table>,
 ) -> Result<Vec<Cluster>, BuildError> {
     let previous: HashMap<&str, &Cluster> = previous
@@ -396,7 +422,12 @@ fn build_clusters(
                     "duplicate cluster name",
                 ));
             }
-            build_cluster(cluster, i, previous.get(cluster.name.as_str()).copied())
+            build_cluster(
+                cluster,
+                i,
+                identities,
+                previous.get(cluster.name.as_str()).copied(),
+            )
         })
         .collect()
 }
@@ -404,6 +435,7 @@ fn build_clusters(
 fn build_cluster(
     cluster: &pb::Cluster,
     i: usize,
+    identities: &[pb::Certificate],
     previous: Option<&Cluster>,
 ) -> Result<Cluster, BuildError> {
     let err = |field: String, problem: String| {
@@ -449,21 +481,35 @@ fn build_cluster(
             })
         })
         .collect::<Result<_, _>>()?;
-    let tls = cluster
-        .tls
-        .as_ref()
-        .map(|tls| {
-            super::upstream_tls::build(tls, protocol == pb::UpstreamProtocol::H2c)
-                .map(Arc::new)
-                .map_err(|problem| err(format!("clusters[{i}].tls"), problem))
-        })
-        .transpose()?;
+    let h2 = protocol == pb::UpstreamProtocol::H2c;
+    let secure = |identity: Option<&pb::Certificate>| {
+        cluster
+            .tls
+            .as_ref()
+            .map(|tls| {
+                super::upstream_tls::build(tls, h2, identity)
+                    .map(Arc::new)
+                    .map_err(|problem| err(format!("clusters[{i}].tls"), problem))
+            })
+            .transpose()
+    };
+    let tls = secure(None)?;
+    // One client config per Gateway client certificate, for the requests
+    // that come through that Gateway.
+    let tls_with_identity = match &tls {
+        None => Box::default(),
+        Some(_) => identities
+            .iter()
+            .map(|identity| secure(Some(identity)).map(|t| t.expect("the cluster has TLS")))
+            .collect::<Result<_, _>>()?,
+    };
     Ok(Cluster {
         name: cluster.name.as_str().into(),
         endpoints,
         load_balancing,
         protocol,
         tls,
+        tls_with_identity,
         next: previous.map(|p| p.next.clone()).unwrap_or_default(),
     })
 }

@@ -100,6 +100,9 @@ pub struct RouteMatch {
     pub headers: Box<[HeaderMatch]>,
     pub query_params: Box<[QueryParamMatch]>,
     pub rule: usize,
+    /// 1 + index of the client certificate of the Gateway this match came
+    /// through (see `Cluster::tls_for`); 0 for none.
+    pub backend_identity: usize,
 }
 
 impl RouteMatch {

@@ -70,6 +70,7 @@ fn snapshot(listeners: Vec<pb::Listener>, rules: usize) -> pb::Snapshot {
             })
             .collect(),
         clusters: vec![],
+        backend_identities: vec![],
     }
 }
 

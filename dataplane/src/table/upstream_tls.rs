@@ -51,9 +51,22 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
-/// Builds the client side of a BackendTLSPolicy; `Err` is a snapshot
-/// field problem (an unparsable server name).
-pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
+/// Builds the client side of a BackendTLSPolicy, presenting `identity`
+/// (a Gateway's `spec.tls.backend.clientCertificateRef`) when given; `Err`
+/// is a snapshot field problem (an unparsable server name, an identity
+/// that does not load).
+pub fn build(
+    tls: &pb::UpstreamTls,
+    h2: bool,
+    identity: Option<&pb::Certificate>,
+) -> Result<UpstreamTls, String> {
+    let identity = identity
+        .map(|c| {
+            gatehouse_snapshot::tls::certified_key(&c.chain_pem, &c.key_pem)
+                .map(|key| Arc::new(ClientIdentity(Arc::new(key))))
+                .map_err(|problem| format!("backend identity {}: {problem}", c.name))
+        })
+        .transpose()?;
     // Fails closed rather than rejecting the snapshot: one policy must not
     // stop a whole group's configuration.
     let Ok(server_name) = ServerName::try_from(tls.server_name.clone()) else {
@@ -98,12 +111,15 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
                 uris: tls.subject_alt_uris.clone(),
             }),
         };
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder.with_client_cert_resolver(identity.clone()),
+    };
     config.alpn_protocols = vec![if h2 {
         b"h2".to_vec()
     } else {
@@ -119,6 +135,7 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
             &tls.subject_alt_names,
             &tls.subject_alt_uris,
             h2,
+            identity.as_ref().map(|i| &i.0.cert),
         )
             .hash(&mut hasher);
         hasher.finish() | 2
@@ -128,6 +145,24 @@ pub fn build(tls: &pb::UpstreamTls, h2: bool) -> Result<UpstreamTls, String> {
         server_name,
         fingerprint,
     })
+}
+
+/// A Gateway's client certificate, presented whenever a backend asks.
+#[derive(Debug)]
+struct ClientIdentity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Gateway API `subjectAltNames`: the certificate must be valid for one of

@@ -187,6 +187,7 @@ pub fn snapshot(
         ports,
         rules,
         clusters,
+        backend_identities: vec![],
     };
     pb::seal(&mut s);
     s
