@@ -15,9 +15,11 @@
 //!    serving the Gateway for the drain period, so that clients still on the
 //!    old address are served while they move.
 //!
-//! Then the old group drops it. Moving a Gateway back to the group that
-//! still serves it ends the move at once; moving it elsewhere mid-move
-//! starts a new move from the group whose addresses it reports.
+//! Then the old group drops it. Moving a Gateway back to the old group
+//! while the new one warms up ends the move at once; any other move
+//! mid-move (back during the drain, or on to a third group) starts a new
+//! move from the group whose addresses it reports. A group left draining
+//! by such a second move stops serving at once: only one old group is kept.
 //!
 //! Pure: time and the groups' readiness come from the caller.
 
@@ -72,8 +74,9 @@ impl Handovers {
                 continue;
             }
             match self.moves.get(key) {
-                // Back to the group still serving it: nothing to hand over.
-                Some(m) if m.from == *group => {
+                // Back to the old group while the new one warms up: that
+                // group still serves it and reports its addresses.
+                Some(m) if m.from == *group && m.drain_until.is_none() => {
                     self.moves.remove(key);
                 }
                 Some(m) => {
@@ -202,6 +205,24 @@ mod tests {
         let plan = h.plan(&groups(&[("gw", "d")]));
         assert_eq!(plan[&key("gw")].from, "c", "c reports the addresses");
         assert!(!plan[&key("gw")].addresses_of_new_group);
+    }
+
+    #[test]
+    fn moving_back_during_the_drain_hands_over_from_the_new_group() {
+        let mut h = Handovers::new(Duration::from_secs(30));
+        h.plan(&groups(&[("gw", "a")]));
+        h.plan(&groups(&[("gw", "b")]));
+        h.advance(Instant::now(), |g| g == "b");
+        // Clients may already be on b's addresses: b keeps serving and
+        // reporting until a is ready again.
+        let plan = h.plan(&groups(&[("gw", "a")]));
+        assert_eq!(
+            plan[&key("gw")],
+            Handover {
+                from: "b".into(),
+                addresses_of_new_group: false
+            }
+        );
     }
 
     #[test]

@@ -123,6 +123,14 @@ impl SnapshotHub {
     /// Per group, a connected data plane that rejected the group's current
     /// snapshot: (node id, its reason).
     pub fn rejections(&self) -> BTreeMap<String, (String, String)> {
+        self.rejected_versions()
+            .into_iter()
+            .map(|(group, (node, _, reason))| (group, (node, reason)))
+            .collect()
+    }
+
+    /// [`Self::rejections`] with the version each one rejected.
+    pub fn rejected_versions(&self) -> BTreeMap<String, (String, String, String)> {
         let mut out = BTreeMap::new();
         for node in self.nodes() {
             let current = self.current_version(&node.group);
@@ -131,7 +139,7 @@ impl SnapshotHub {
                 && node.applied_version != *version
             {
                 out.entry(node.group.clone())
-                    .or_insert_with(|| (node.node_id.clone(), reason.clone()));
+                    .or_insert_with(|| (node.node_id.clone(), version.clone(), reason.clone()));
             }
         }
         out

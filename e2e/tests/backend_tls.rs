@@ -179,13 +179,22 @@ async fn uri_subject_alt_names_are_verified() {
         rule("other.test", "other-uri"),
         rule("bad.test", "bad-uri"),
     ];
+    // The right URI from an authority the policy does not trust.
+    let stranger = TestCa::new().issue_with_uris(&["backend.test"], &[ID]);
+    let (untrusted, _, _untrusted_dir) = tls_backend(&TestCa::new(), &stranger);
+    let mut docs = docs.to_vec();
+    docs.extend([
+        manifests::service("default", "untrusted", &[untrusted.port()]),
+        with_sans("untrusted", &format!("[{{type: URI, uri: \"{ID}\"}}]")),
+        rule("untrusted.test", "untrusted"),
+    ]);
     let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
     let client = HttpClient::new();
     let url = gw.url(80, "/spiffe");
     let good = client.get(&url, Some("uri.test")).await.unwrap();
     assert_eq!(good.status, 200, "{}", good.text());
     assert_eq!(good.echo()["tls"], true);
-    for host in ["other.test", "bad.test"] {
+    for host in ["other.test", "bad.test", "untrusted.test"] {
         let failed = client.get(&url, Some(host)).await.unwrap();
         assert_eq!(failed.status, 502, "{host}: {}", failed.text());
     }

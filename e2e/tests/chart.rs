@@ -523,7 +523,9 @@ fn rbac_grants_the_listed_permissions_only() {
         [rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"]
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete"
+            ]
         )]
     );
     for (kind, role_kind) in [

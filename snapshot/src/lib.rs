@@ -18,6 +18,11 @@ pub mod tls;
 /// holds larger values to it, a data plane refuses a snapshot above it.
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
+/// Longest wait before a retry (`Retry.backoff_ms`), however it grows: the
+/// controller holds larger values to it, a data plane refuses a snapshot
+/// above it.
+pub const MAX_RETRY_BACKOFF_MS: u32 = 10_000;
+
 use prost::Message;
 use sha2::{Digest, Sha256};
 

@@ -31,7 +31,9 @@ pub fn resolve(
     reports: &mut [Vec<RouteParentReport>],
 ) {
     let mut by_listener: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
-    for (i, a) in attachments.iter().enumerate().filter(|(_, a)| a.accepted) {
+    // Every emitted attachment takes part, accepted or not: a route whose
+    // rules all answer 500 still holds its virtual hosts.
+    for (i, a) in attachments.iter().enumerate() {
         by_listener
             .entry((a.gateway, a.listener))
             .or_default()

@@ -94,6 +94,35 @@ impl Default for CompileOptions {
     }
 }
 
+/// The names of the GatewayClasses whose controller is ours.
+fn our_classes(store: &Store) -> BTreeSet<&str> {
+    store
+        .gateway_classes()
+        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect()
+}
+
+/// The Gateways of our GatewayClasses.
+pub fn our_gateways(store: &Store) -> impl Iterator<Item = &crate::k8s::Gateway> {
+    let classes = our_classes(store);
+    store
+        .gateways()
+        .filter(move |g| classes.contains(g.spec.gateway_class_name.as_str()))
+}
+
+/// (namespace, name) of a Gateway, as compile and status key it.
+pub fn gateway_key(gateway: &crate::k8s::Gateway) -> (String, String) {
+    (
+        gateway
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        gateway.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 /// The cluster group a Gateway's label puts it in.
 pub fn gateway_group(gateway: &crate::k8s::Gateway) -> String {
     gateway
@@ -118,15 +147,9 @@ pub struct Compiled {
 
 /// Compiles a store into snapshots and statuses.
 pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
-    let classes: BTreeSet<&str> = store
-        .gateway_classes()
-        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
-        .filter_map(|c| c.metadata.name.as_deref())
-        .collect();
+    let classes = our_classes(store);
     let secrets = tls::Secrets::new(store);
-    let mut gateways: Vec<gateway::GatewayModel<'_>> = store
-        .gateways()
-        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+    let mut gateways: Vec<gateway::GatewayModel<'_>> = our_gateways(store)
         .map(|g| gateway::GatewayModel::new(g, options, &secrets))
         .collect();
     let gateway_ranks = ranks(

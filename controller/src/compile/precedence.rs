@@ -77,7 +77,10 @@ impl Precedence {
         match_index: usize,
     ) -> Self {
         Precedence {
-            path_kind: 0,
+            // After every HTTP path tier: should an HTTPRoute and a
+            // GRPCRoute ever share a virtual host (see `kinds`), a gRPC
+            // catch-all never takes the HTTP routes' requests.
+            path_kind: 3,
             path_len: Reverse(service),
             method_len: Reverse(method),
             without_method: false,

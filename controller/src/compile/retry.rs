@@ -9,7 +9,7 @@
 //! to it, so that one client request never turns into an unbounded number
 //! of upstream requests.
 
-use gatehouse_snapshot::{MAX_RETRY_ATTEMPTS as MAX_ATTEMPTS, Retry};
+use gatehouse_snapshot::{MAX_RETRY_ATTEMPTS as MAX_ATTEMPTS, MAX_RETRY_BACKOFF_MS, Retry};
 
 use crate::compile::timeouts::parse_duration;
 use crate::k8s::Retry as RetrySpec;
@@ -48,12 +48,14 @@ pub fn rule_retry(index: usize, retry: Option<&RetrySpec>) -> Result<Option<Retr
     };
     let backoff_ms = match retry.backoff.as_deref() {
         None => DEFAULT_BACKOFF_MS,
-        Some(value) => parse_duration(value).ok_or_else(|| {
-            format!(
-                "{}: {value:?} is not a Gateway API duration",
-                field("backoff")
-            )
-        })?,
+        Some(value) => parse_duration(value)
+            .ok_or_else(|| {
+                format!(
+                    "{}: {value:?} is not a Gateway API duration",
+                    field("backoff")
+                )
+            })?
+            .min(MAX_RETRY_BACKOFF_MS),
     };
     Ok(Some(Retry {
         codes,
@@ -91,10 +93,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((retry.attempts, retry.backoff_ms), (3, 1_100));
-        let many = rule_retry(0, Some(&spec(&[500], Some(1_000_000), None)))
+        let many = rule_retry(0, Some(&spec(&[500], Some(1_000_000), Some("9999h"))))
             .unwrap()
             .unwrap();
         assert_eq!(many.attempts, MAX_ATTEMPTS);
+        assert_eq!(many.backoff_ms, MAX_RETRY_BACKOFF_MS);
     }
 
     #[test]

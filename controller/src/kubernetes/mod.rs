@@ -452,18 +452,12 @@ impl Loop {
         let now = runtime::now();
         self.options.now = runtime::rfc3339(now);
         self.options.group_addresses = group_addresses(&self.store, &self.namespace);
-        let labelled = self
-            .store
-            .gateways()
+        let labelled = crate::compile::our_gateways(&self.store)
             .map(|g| {
-                let key = (
-                    g.metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    g.metadata.name.clone().unwrap_or_default(),
-                );
-                (key, crate::compile::gateway_group(g))
+                (
+                    crate::compile::gateway_key(g),
+                    crate::compile::gateway_group(g),
+                )
             })
             .collect();
         self.options.handovers = self.handovers.plan(&labelled);

@@ -62,26 +62,44 @@ pub fn spawn(
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &sharing.namespace);
         let mut changes = hub.watch_changes();
-        let mut published: Option<Rejections> = None;
+        let mut published: Option<(Rejections, std::time::Instant)> = None;
+        let mut collected: Option<std::time::Instant> = None;
         loop {
             let ours = local(&hub);
-            // Nothing to say and nothing said: no write. A non-empty set is
-            // renewed every round, so that it stays fresh.
-            let write = published.as_ref() != Some(&ours) || !ours.is_empty();
+            // Written when it changes; a non-empty set is also renewed every
+            // heartbeat, so that it stays fresh. Nothing to say and nothing
+            // said costs no write.
+            let write = match &published {
+                None => true,
+                Some((said, at)) => {
+                    *said != ours || (!ours.is_empty() && at.elapsed() >= sharing.heartbeat)
+                }
+            };
+            // The others' are read once a heartbeat, however often ours
+            // change.
+            let read = collected.is_none_or(|at| at.elapsed() >= sharing.heartbeat);
             let round = async {
                 if write {
                     publish(&api, &sharing, &ours).await?;
                 }
-                collect(&api, &sharing).await
+                match read {
+                    true => collect(&api, &sharing).await.map(Some),
+                    false => Ok(None),
+                }
             };
             match tokio::time::timeout(sharing.heartbeat, round).await {
                 Ok(Ok(others)) => {
-                    published = Some(ours);
-                    tx.send_if_modified(|current| {
-                        let changed = *current != others;
-                        *current = others;
-                        changed
-                    });
+                    if write {
+                        published = Some((ours, std::time::Instant::now()));
+                    }
+                    if let Some(others) = others {
+                        collected = Some(std::time::Instant::now());
+                        tx.send_if_modified(|current| {
+                            let changed = *current != others;
+                            *current = others;
+                            changed
+                        });
+                    }
                 }
                 Ok(Err(error)) => warn!(%error, "sharing data plane rejections failed"),
                 Err(_) => warn!("sharing data plane rejections timed out"),
@@ -97,18 +115,17 @@ pub fn spawn(
 /// This replica's data planes' rejections of their groups' current
 /// snapshots.
 fn local(hub: &SnapshotHub) -> Rejections {
-    hub.rejections()
+    hub.rejected_versions()
         .into_iter()
-        .filter_map(|(group, (node, reason))| {
-            let version = hub.current_version(&group)?;
-            Some((
+        .map(|(group, (node, version, reason))| {
+            (
                 group,
                 Rejection {
                     node,
                     version,
                     reason,
                 },
-            ))
+            )
         })
         .collect()
 }
@@ -160,14 +177,22 @@ async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Reject
     let params = ListParams::default().labels(&format!("{LABEL}={}", sharing.lease));
     let now = Timestamp::now().as_second();
     let mut out = Vec::new();
+    let mut gone = Vec::new();
     for lease in api.list(&params).await? {
         let spec = lease.spec.unwrap_or_default();
         if spec.holder_identity.as_deref() == Some(sharing.identity.as_str()) {
             continue;
         }
-        let fresh = spec.renew_time.is_some_and(|renewed| {
-            renewed.0.as_second() + i64::from(spec.lease_duration_seconds.unwrap_or(0)) >= now
-        });
+        let lasts = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+        let renewed = spec.renew_time.map_or(0, |t| t.0.as_second());
+        let fresh = renewed + lasts >= now;
+        // A replica that went away (a rollout renames every pod) leaves
+        // its Lease behind: the next replica to look removes it.
+        if renewed + lasts * 10 < now
+            && let Some(name) = lease.metadata.name.clone()
+        {
+            gone.push(name);
+        }
         let shared = lease
             .metadata
             .annotations
@@ -178,6 +203,11 @@ async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Reject
             && !rejections.is_empty()
         {
             out.push(rejections);
+        }
+    }
+    for name in gone {
+        if let Err(error) = api.delete(&name, &Default::default()).await {
+            tracing::debug!(%name, %error, "removing a departed replica's rejection Lease");
         }
     }
     Ok(out)

@@ -35,6 +35,9 @@ pub struct StatusWriter {
     client: Client,
     /// Our part of each status as last written (times included).
     written: BTreeMap<Key, Value>,
+    /// Whether this replica leads; checked before every request, so that
+    /// one that lost the Lease mid-batch stops writing at once.
+    leader: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the compile loop wants written: the statuses, and how many times
@@ -50,6 +53,7 @@ impl StatusWriter {
         Self {
             client,
             written: BTreeMap::new(),
+            leader: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl StatusWriter {
         mut self,
         leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> tokio::sync::watch::Sender<Option<Desired>> {
+        self.leader = Some(leader.clone());
         let (tx, mut rx) = tokio::sync::watch::channel::<Option<Desired>>(None);
         tokio::spawn(async move {
             let mut term = 0;
@@ -144,6 +149,13 @@ impl StatusWriter {
 
     /// True when the cluster now holds the entry.
     async fn write_one(&self, entry: &StatusEntry) -> bool {
+        let leading = self
+            .leader
+            .as_ref()
+            .is_none_or(|l| l.load(std::sync::atomic::Ordering::SeqCst));
+        if !leading {
+            return false;
+        }
         let ns = entry.namespace.as_deref();
         let result = match entry.kind.as_str() {
             "GatewayClass" => {

@@ -148,7 +148,7 @@ impl Dataplane {
         let rule = found.rule;
         if rule.filters.is_none() && rule.request_timeout.is_none() && rule.retry.is_none() {
             let request = request.map(RequestBody::Client);
-            return self.forward(table, found, conn, request).await;
+            return self.forward(table, found, conn, request, 0).await;
         }
         let filtered = Box::pin(self.filtered(table, found, conn, request));
         match rule.request_timeout {
@@ -198,12 +198,15 @@ impl Dataplane {
         Ok(response)
     }
 
+    /// One upstream attempt (`attempt` 0 is the first; a retry's
+    /// backendRef mirrors are not sent again).
     pub(super) async fn forward(
         self: &Arc<Self>,
         table: &Table,
         found: Found<'_>,
         conn: &Connection,
         mut request: Request<RequestBody>,
+        attempt: u32,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
         let backend = rule
@@ -214,8 +217,10 @@ impl Dataplane {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
-            let identity = found.route_match.backend_identity;
-            request = self.mirror(table, &filters.mirrors, conn, identity, request);
+            if attempt == 0 {
+                let identity = found.route_match.backend_identity;
+                request = self.mirror(table, &filters.mirrors, conn, identity, request);
+            }
         }
         let cluster = match &backend.target {
             Target::Cluster(index) => table.cluster(*index),

@@ -46,15 +46,17 @@ impl Dataplane {
         request: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(policy) = found.rule.retry.as_deref() else {
-            return self.forward(table, found, conn, request).await;
+            return self.forward(table, found, conn, request, 0).await;
         };
         let replay = match Replay::take(request).await? {
             Ok(replay) => replay,
-            Err(request) => return self.forward(table, found, conn, request).await,
+            Err(request) => return self.forward(table, found, conn, request, 0).await,
         };
         let mut retry = 0;
         loop {
-            let result = self.forward(table, found, conn, replay.request()).await;
+            let result = self
+                .forward(table, found, conn, replay.request(), retry)
+                .await;
             if retry == policy.retries || !retried(policy, &result) {
                 return result;
             }

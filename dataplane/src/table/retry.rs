@@ -7,7 +7,7 @@ use std::time::Duration;
 use gatehouse_snapshot as pb;
 
 /// Longest wait between two attempts, however the backoff grows.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(pb::MAX_RETRY_BACKOFF_MS as u64);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -21,6 +21,13 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn build(retry: &pb::Retry) -> Result<Self, String> {
+        if retry.backoff_ms > pb::MAX_RETRY_BACKOFF_MS {
+            return Err(format!(
+                "backoff_ms {} is above {}",
+                retry.backoff_ms,
+                pb::MAX_RETRY_BACKOFF_MS
+            ));
+        }
         if retry.attempts > pb::MAX_RETRY_ATTEMPTS {
             return Err(format!(
                 "attempts {} is above {}",
@@ -51,14 +58,15 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry` (1 for the first): the backoff,
-    /// doubled for each further retry up to [`MAX_BACKOFF`] (never below the
-    /// configured backoff), plus up to a quarter of it at random (`jitter`
-    /// in 0..1) so that clients failed together do not retry together.
+    /// doubled for each further retry up to [`MAX_BACKOFF`] (the controller
+    /// holds the backoff itself to it), plus up to a quarter of it at random
+    /// (`jitter` in 0..1) so that clients failed together do not retry
+    /// together.
     pub fn wait(&self, retry: u32, jitter: f64) -> Duration {
         let doubled = self
             .backoff
             .saturating_mul(1 << retry.saturating_sub(1).min(16));
-        let base = doubled.min(MAX_BACKOFF.max(self.backoff));
+        let base = doubled.min(MAX_BACKOFF);
         base + base.mul_f64(jitter.clamp(0.0, 1.0) / 4.0)
     }
 }
@@ -95,8 +103,8 @@ mod tests {
         assert_eq!(p.wait(3, 0.0), Duration::from_millis(400));
         assert_eq!(p.wait(3, 1.0), Duration::from_millis(500));
         assert_eq!(p.wait(30, 0.0), MAX_BACKOFF);
-        let slow = policy(&[500], 3, 60_000);
-        assert_eq!(slow.wait(5, 0.0), Duration::from_secs(60));
+        let slow = policy(&[500], 3, pb::MAX_RETRY_BACKOFF_MS);
+        assert_eq!(slow.wait(5, 0.0), MAX_BACKOFF);
     }
 
     #[test]
@@ -113,5 +121,11 @@ mod tests {
             backoff_ms: 0,
         };
         assert!(RetryPolicy::build(&too_many).is_err());
+        let too_slow = pb::Retry {
+            codes: vec![500],
+            attempts: 1,
+            backoff_ms: pb::MAX_RETRY_BACKOFF_MS + 1,
+        };
+        assert!(RetryPolicy::build(&too_slow).is_err());
     }
 }
