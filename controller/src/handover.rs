@@ -1,235 +1,243 @@
 //! Moving a Gateway from one cluster group to another without failing a
 //! request (Kubernetes mode).
 //!
-//! Changing a Gateway's `gatehouse.dev/cluster-group` label moves it, but
-//! clients keep reaching the old group's data planes (its Service address)
-//! until they follow the Gateway's `status.addresses`. So a move has two
-//! phases:
+//! Changing a Gateway's `gatehouse.dev/cluster-group` label asks for a move,
+//! but clients keep reaching the old group's data planes (its Service
+//! address) until they follow the Gateway's `status.addresses`. So a move
+//! has two phases:
 //!
 //! 1. **Warming**: both groups serve the Gateway; its addresses are still
 //!    the old group's. It ends when the new group has at least one data
-//!    plane connected and every connected one has applied the new group's
-//!    current snapshot (which holds the Gateway). A group without data
-//!    planes never takes a Gateway over.
+//!    plane connected (to any controller replica) and every one of them has
+//!    applied the new group's current snapshot. A group without data planes
+//!    never takes a Gateway over.
 //! 2. **Draining**: the addresses are the new group's; the old group keeps
-//!    serving the Gateway for the drain period, so that clients still on the
-//!    old address are served while they move.
+//!    serving the Gateway until the drain ends, for clients still on the old
+//!    address.
 //!
-//! Then the old group drops it. Moving a Gateway back to the old group
-//! while the new one warms up ends the move at once; any other move
-//! mid-move (back during the drain, or on to a third group) starts a new
-//! move from the group whose addresses it reports. A group left draining
-//! by such a second move stops serving at once: only one old group is kept.
-//!
-//! Pure: time and the groups' readiness come from the caller.
+//! The Lease holder alone decides, and writes where each Gateway is served
+//! on the Gateway itself (annotation [`ANNOTATION`]). Every replica compiles
+//! from that annotation ([`placements`]), so all of them serve the same
+//! snapshots, and a move survives a controller restart or a new leader.
+//! The label is the request; the annotation is what is served. Moving a
+//! Gateway back to the old group while the new one warms up ends the move at
+//! once; any other move mid-move starts a new move from the group whose
+//! addresses it reports (a group left draining then stops serving it).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::compile::Handover;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::compile::{Handover, Placement};
+use crate::k8s::Gateway;
+use crate::store::Store;
+
+/// Where a Gateway is served, as the leader last decided.
+pub const ANNOTATION: &str = "gatehouse.dev/served-by";
 
 type GatewayKey = (String, String);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Move {
-    from: String,
-    to: String,
-    /// `None` while warming; the end of the drain once draining.
-    drain_until: Option<Instant>,
+/// The annotation's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Served {
+    /// The group serving the Gateway (the new one during a move).
+    pub group: String,
+    /// A move in progress: the group it comes from, which serves it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Once the new group is ready: when the old group stops serving it
+    /// (RFC 3339). The addresses are the new group's from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<String>,
 }
 
-/// The moves in progress, and the group each Gateway was last compiled in.
-#[derive(Debug)]
-pub struct Handovers {
-    drain: Duration,
-    moves: BTreeMap<GatewayKey, Move>,
-    /// The labelled group of each Gateway at the last `plan`.
-    last: BTreeMap<GatewayKey, String>,
-    /// False until the first `plan`: Gateways found at start are not moves.
-    started: bool,
-}
-
-impl Handovers {
-    pub fn new(drain: Duration) -> Self {
+impl Served {
+    fn settled(group: &str) -> Self {
         Self {
-            drain,
-            moves: BTreeMap::new(),
-            last: BTreeMap::new(),
-            started: false,
+            group: group.to_owned(),
+            from: None,
+            drain_until: None,
         }
     }
 
-    /// Takes the Gateways' labelled groups for the next compile and returns
-    /// the handovers that compile must honour.
-    pub fn plan(
-        &mut self,
-        groups: &BTreeMap<GatewayKey, String>,
-    ) -> BTreeMap<GatewayKey, Handover> {
-        self.moves.retain(|key, _| groups.contains_key(key));
-        for (key, group) in groups {
-            let Some(previous) = self.last.get(key).filter(|_| self.started) else {
-                continue;
-            };
-            if previous == group {
-                continue;
-            }
-            match self.moves.get(key) {
-                // Back to the old group while the new one warms up: that
-                // group still serves it and reports its addresses.
-                Some(m) if m.from == *group && m.drain_until.is_none() => {
-                    self.moves.remove(key);
-                }
-                Some(m) => {
-                    let from = match m.drain_until {
-                        None => m.from.clone(),
-                        Some(_) => m.to.clone(),
-                    };
-                    self.moves.insert(key.clone(), moving(from, group));
-                }
-                None => {
-                    self.moves
-                        .insert(key.clone(), moving(previous.clone(), group));
-                }
-            }
+    fn moving(from: &str, to: &str) -> Self {
+        Self {
+            group: to.to_owned(),
+            from: Some(from.to_owned()),
+            drain_until: None,
         }
-        self.last = groups.clone();
-        self.started = true;
-        self.current()
-    }
-
-    /// Advances the moves: a warmed new group takes the addresses, a drain
-    /// that is over ends its move. True when the handovers changed, so that
-    /// compile runs again.
-    pub fn advance(&mut self, now: Instant, ready: impl Fn(&str) -> bool) -> bool {
-        let mut changed = false;
-        let drain = self.drain;
-        self.moves.retain(|_, m| match m.drain_until {
-            None if ready(&m.to) => {
-                m.drain_until = Some(now + drain);
-                changed = true;
-                true
-            }
-            Some(until) if now >= until => {
-                changed = true;
-                false
-            }
-            _ => true,
-        });
-        changed
-    }
-
-    /// The handovers as compile takes them.
-    pub fn current(&self) -> BTreeMap<GatewayKey, Handover> {
-        self.moves
-            .iter()
-            .map(|(key, m)| {
-                let handover = Handover {
-                    from: m.from.clone(),
-                    addresses_of_new_group: m.drain_until.is_some(),
-                };
-                (key.clone(), handover)
-            })
-            .collect()
     }
 }
 
-fn moving(from: String, to: &str) -> Move {
-    Move {
-        from,
-        to: to.to_owned(),
-        drain_until: None,
+/// A Gateway's annotation, if it has a readable one.
+pub fn served(gateway: &Gateway) -> Option<Served> {
+    let value = gateway.metadata.annotations.as_ref()?.get(ANNOTATION)?;
+    serde_json::from_str(value).ok()
+}
+
+/// Where our Gateways are served, from their annotations, for compile.
+pub fn placements(store: &Store) -> BTreeMap<GatewayKey, Placement> {
+    crate::compile::our_gateways(store)
+        .filter_map(|g| {
+            let served = served(g)?;
+            let handover = served.from.map(|from| Handover {
+                from,
+                addresses_of_new_group: served.drain_until.is_some(),
+            });
+            let placement = Placement {
+                group: served.group,
+                handover,
+            };
+            Some((crate::compile::gateway_key(g), placement))
+        })
+        .collect()
+}
+
+/// The leader's decision for one Gateway labelled `label` whose annotation
+/// is `current`: the annotation to write, or `None` to leave it.
+pub fn next(
+    label: &str,
+    current: Option<&Served>,
+    now: Timestamp,
+    drain: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> Option<Served> {
+    let Some(current) = current else {
+        // First sight (a new Gateway, or one from before annotations): it is
+        // served where its label says, as it already was.
+        return Some(Served::settled(label));
+    };
+    match (&current.from, &current.drain_until) {
+        (None, _) if current.group == label => None,
+        (None, _) => Some(Served::moving(&current.group, label)),
+        (Some(from), None) => {
+            if label == from {
+                Some(Served::settled(label))
+            } else if label != current.group {
+                Some(Served::moving(from, label))
+            } else if ready(&current.group) {
+                let until = now
+                    .checked_add(k8s_openapi::jiff::SignedDuration::try_from(drain).ok()?)
+                    .ok()?;
+                Some(Served {
+                    drain_until: Some(crate::runtime::rfc3339(until)),
+                    ..current.clone()
+                })
+            } else {
+                None
+            }
+        }
+        (Some(_), Some(until)) => {
+            if label != current.group {
+                Some(Served::moving(&current.group, label))
+            } else if until.parse::<Timestamp>().is_ok_and(|until| now >= until) {
+                Some(Served::settled(label))
+            } else {
+                None
+            }
+        }
     }
+}
+
+/// The leader's decisions for every Gateway of ours, by (namespace, name).
+pub fn decide(
+    store: &Store,
+    now: Timestamp,
+    drain: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> BTreeMap<GatewayKey, Served> {
+    crate::compile::our_gateways(store)
+        .filter_map(|g| {
+            let label = crate::compile::gateway_group(g);
+            let decided = next(&label, served(g).as_ref(), now, drain, &ready)?;
+            Some((crate::compile::gateway_key(g), decided))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn groups(entries: &[(&str, &str)]) -> BTreeMap<GatewayKey, String> {
-        entries
-            .iter()
-            .map(|(name, group)| (("ns".to_owned(), name.to_string()), group.to_string()))
-            .collect()
-    }
+    const DRAIN: Duration = Duration::from_secs(30);
 
-    fn key(name: &str) -> GatewayKey {
-        ("ns".into(), name.into())
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
     }
 
     #[test]
-    fn a_move_warms_then_drains_then_ends() {
-        let mut h = Handovers::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        assert!(h.plan(&groups(&[("gw", "a"), ("other", "a")])).is_empty());
-        let plan = h.plan(&groups(&[("gw", "b"), ("other", "a")]));
+    fn a_move_warms_then_drains_then_settles() {
+        let t0 = at(0);
+        // First sight: settled where the label says.
         assert_eq!(
-            plan.get(&key("gw")),
-            Some(&Handover {
-                from: "a".into(),
-                addresses_of_new_group: false
-            })
+            next("a", None, t0, DRAIN, |_| false),
+            Some(Served::settled("a"))
         );
-        assert_eq!(plan.len(), 1);
-        // The new group is not ready: nothing changes.
-        assert!(!h.advance(t0, |_| false));
-        assert!(!h.current()[&key("gw")].addresses_of_new_group);
-        // Ready: the addresses move, the old group still serves.
-        assert!(h.advance(t0, |g| g == "b"));
-        assert!(h.current()[&key("gw")].addresses_of_new_group);
-        assert!(!h.advance(t0 + Duration::from_secs(29), |_| true));
-        // Drained: the move is over.
-        assert!(h.advance(t0 + Duration::from_secs(30), |_| true));
-        assert!(h.current().is_empty());
-        assert!(h.plan(&groups(&[("gw", "b"), ("other", "a")])).is_empty());
-    }
-
-    #[test]
-    fn gateways_found_at_start_or_added_later_are_not_moves() {
-        let mut h = Handovers::new(Duration::from_secs(30));
-        assert!(h.plan(&groups(&[("gw", "b")])).is_empty());
-        assert!(h.plan(&groups(&[("gw", "b"), ("new", "c")])).is_empty());
-    }
-
-    #[test]
-    fn moving_back_ends_the_move_and_moving_on_starts_from_the_reporting_group() {
-        let mut h = Handovers::new(Duration::from_secs(30));
-        h.plan(&groups(&[("gw", "a")]));
-        h.plan(&groups(&[("gw", "b")]));
-        assert!(h.plan(&groups(&[("gw", "a")])).is_empty(), "back to a");
-
-        h.plan(&groups(&[("gw", "b")]));
-        let plan = h.plan(&groups(&[("gw", "c")]));
-        assert_eq!(plan[&key("gw")].from, "a", "b never took the addresses");
-
-        h.advance(Instant::now(), |g| g == "c");
-        let plan = h.plan(&groups(&[("gw", "d")]));
-        assert_eq!(plan[&key("gw")].from, "c", "c reports the addresses");
-        assert!(!plan[&key("gw")].addresses_of_new_group);
-    }
-
-    #[test]
-    fn moving_back_during_the_drain_hands_over_from_the_new_group() {
-        let mut h = Handovers::new(Duration::from_secs(30));
-        h.plan(&groups(&[("gw", "a")]));
-        h.plan(&groups(&[("gw", "b")]));
-        h.advance(Instant::now(), |g| g == "b");
-        // Clients may already be on b's addresses: b keeps serving and
-        // reporting until a is ready again.
-        let plan = h.plan(&groups(&[("gw", "a")]));
+        let settled = Served::settled("a");
+        assert_eq!(next("a", Some(&settled), t0, DRAIN, |_| true), None);
+        // Relabelled: a move from a.
+        let warming = next("b", Some(&settled), t0, DRAIN, |_| true).unwrap();
+        assert_eq!(warming, Served::moving("a", "b"));
+        // b not ready: nothing changes.
+        assert_eq!(next("b", Some(&warming), t0, DRAIN, |_| false), None);
+        // Ready: draining for 30 s.
+        let draining = next("b", Some(&warming), t0, DRAIN, |g| g == "b").unwrap();
+        assert_eq!(draining.from.as_deref(), Some("a"));
         assert_eq!(
-            plan[&key("gw")],
-            Handover {
-                from: "b".into(),
-                addresses_of_new_group: false
-            }
+            draining.drain_until.as_deref(),
+            Some("2027-01-15T08:00:30Z")
+        );
+        assert_eq!(next("b", Some(&draining), at(29), DRAIN, |_| true), None);
+        assert_eq!(
+            next("b", Some(&draining), at(30), DRAIN, |_| true),
+            Some(Served::settled("b"))
         );
     }
 
     #[test]
-    fn a_deleted_gateway_ends_its_move() {
-        let mut h = Handovers::new(Duration::from_secs(30));
-        h.plan(&groups(&[("gw", "a")]));
-        h.plan(&groups(&[("gw", "b")]));
-        assert!(h.plan(&groups(&[])).is_empty());
+    fn moves_during_moves() {
+        let t0 = at(0);
+        let warming = Served::moving("a", "b");
+        // Back to a while b warms up: a never stopped serving.
+        assert_eq!(
+            next("a", Some(&warming), t0, DRAIN, |_| true),
+            Some(Served::settled("a"))
+        );
+        // On to c while b warms up: a still reports the addresses.
+        assert_eq!(
+            next("c", Some(&warming), t0, DRAIN, |_| true),
+            Some(Served::moving("a", "c"))
+        );
+        let draining = Served {
+            drain_until: Some("2027-01-15T08:00:30Z".into()),
+            ..warming
+        };
+        // Back to a, or on to c, while draining: b reports the addresses.
+        assert_eq!(
+            next("a", Some(&draining), t0, DRAIN, |_| true),
+            Some(Served::moving("b", "a"))
+        );
+        assert_eq!(
+            next("c", Some(&draining), t0, DRAIN, |_| true),
+            Some(Served::moving("b", "c"))
+        );
+    }
+
+    #[test]
+    fn the_annotation_reads_back() {
+        let served = Served {
+            group: "b".into(),
+            from: Some("a".into()),
+            drain_until: Some("2027-01-15T08:00:30Z".into()),
+        };
+        let json = serde_json::to_string(&served).unwrap();
+        assert_eq!(
+            json,
+            r#"{"group":"b","from":"a","drainUntil":"2027-01-15T08:00:30Z"}"#
+        );
+        assert_eq!(serde_json::from_str::<Served>(&json).unwrap(), served);
     }
 }

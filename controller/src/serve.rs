@@ -105,19 +105,16 @@ impl SnapshotHub {
             .collect()
     }
 
-    /// Whether `group` has a data plane connected and every connected one
-    /// has applied the group's current snapshot.
-    pub fn group_ready(&self, group: &str) -> bool {
-        let Some(current) = self.current_version(group) else {
-            return false;
-        };
-        let nodes = self.nodes();
-        let mut connected = nodes.iter().filter(|n| n.connected && n.group == group);
-        let mut any = false;
-        connected.all(|n| {
-            any = true;
-            n.applied_version == current
-        }) && any
+    /// Per group, the versions its connected data planes have applied (""
+    /// for one that has applied none yet).
+    pub fn applied_versions(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for node in self.nodes().into_iter().filter(|n| n.connected) {
+            out.entry(node.group)
+                .or_default()
+                .insert(node.applied_version);
+        }
+        out
     }
 
     /// Per group, a connected data plane that rejected the group's current

@@ -1,6 +1,6 @@
 //! Golden compile cases: `golden/<case>/input.yaml` (and optional
 //! `options.yaml` with `port_offset`, `listen_address`, `groups_share_host`,
-//! `group_addresses` and `handovers`) compile to
+//! `group_addresses` and `placements`) compile to
 //! `snapshots.json` and `statuses.json`. Regenerate with
 //! `GATEHOUSE_BLESS=1 cargo nextest run -p gatehouse-controller --test golden`
 //! and review the diff.
@@ -43,17 +43,23 @@ fn options(dir: &Path) -> CompileOptions {
         if let Some(groups) = value.get("group_addresses") {
             options.group_addresses = serde_yaml::from_value(groups.clone()).unwrap();
         }
-        // {"namespace/name": {from: group, addresses_of_new_group: bool}}
-        if let Some(moves) = value.get("handovers").and_then(|v| v.as_mapping()) {
-            for (key, handover) in moves {
+        // {"namespace/name": {group: g, from: group, addresses_of_new_group: bool}}
+        if let Some(moves) = value.get("placements").and_then(|v| v.as_mapping()) {
+            for (key, placement) in moves {
                 let (ns, name) = key.as_str().unwrap().split_once('/').unwrap();
-                options.handovers.insert(
-                    (ns.to_owned(), name.to_owned()),
+                let handover = placement["from"].as_str().map(|from| {
                     gatehouse_controller::compile::Handover {
-                        from: handover["from"].as_str().unwrap().to_owned(),
-                        addresses_of_new_group: handover["addresses_of_new_group"]
+                        from: from.to_owned(),
+                        addresses_of_new_group: placement["addresses_of_new_group"]
                             .as_bool()
-                            .unwrap(),
+                            .unwrap_or(false),
+                    }
+                });
+                options.placements.insert(
+                    (ns.to_owned(), name.to_owned()),
+                    gatehouse_controller::compile::Placement {
+                        group: placement["group"].as_str().unwrap().to_owned(),
+                        handover,
                     },
                 );
             }

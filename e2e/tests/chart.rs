@@ -507,6 +507,7 @@ fn rbac_grants_the_listed_permissions_only() {
                 ],
                 &["update", "patch"]
             ),
+            rule(&["gateway.networking.k8s.io"], &["gateways"], &["patch"]),
             rule(
                 &[""],
                 &["services", "secrets", "configmaps", "namespaces"],

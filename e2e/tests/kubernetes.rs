@@ -380,21 +380,32 @@ async fn a_gateway_moves_between_groups_under_load_without_a_failed_request() {
     assert_ne!(old, new);
     group_service(&kube, "default", old);
     group_service(&kube, "b", new);
-    let c = controller_with(
-        &kube,
-        "only",
-        "0.0.0.0".parse().unwrap(),
-        &["--group-move-drain-seconds", "3"],
-    );
+    // Two controller replicas; the new group's data plane is connected to
+    // the one that does not lead, so the leader must learn from the other
+    // replica that the new group is ready.
+    let drain = ["--group-move-drain-seconds", "3"];
+    let leader = controller_with(&kube, "leader", "0.0.0.0".parse().unwrap(), &drain);
+    eventually(Duration::from_secs(30), || async {
+        let lease = kube.get_json(&["lease", "gatehouse-controller", "--namespace", "default"])?;
+        anyhow::ensure!(lease["spec"]["holderIdentity"] == "leader", "{lease}");
+        Ok(())
+    })
+    .await;
+    let follower = controller_with(&kube, "follower", "0.0.0.0".parse().unwrap(), &drain);
     // One data plane per group, each on its own address as if in its own
     // pod.
     let _a = dataplane_of(
-        c.grpc,
+        leader.grpc,
         "default",
         "dp-a",
         &["--listen-address", &old.to_string()],
     );
-    let _b = dataplane_of(c.grpc, "b", "dp-b", &["--listen-address", &new.to_string()]);
+    let _b = dataplane_of(
+        follower.grpc,
+        "b",
+        "dp-b",
+        &["--listen-address", &new.to_string()],
+    );
 
     let url = |address: std::net::IpAddr| format!("http://{address}:{}/", 80 + PORT_OFFSET);
     let client = HttpClient::new();
@@ -483,6 +494,15 @@ async fn a_gateway_moves_between_groups_under_load_without_a_failed_request() {
         Ok(())
     })
     .await;
+    // The placement the leader wrote on the Gateway says where it is served.
+    let gw = kube
+        .get_json(&["gateway", "gw", "--namespace", "default"])
+        .unwrap();
+    let served = gw["metadata"]["annotations"]["gatehouse.dev/served-by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(served.contains(r#""group":"b""#), "{served}");
     eventually(Duration::from_secs(30), || async {
         match client.get(&url(old), Some("web.test")).await {
             Ok(reply) if reply.status == 200 => anyhow::bail!("the old group still serves it"),

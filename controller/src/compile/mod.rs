@@ -67,12 +67,19 @@ pub struct CompileOptions {
     /// that one port on overlapping addresses can serve one group only. In
     /// Kubernetes each group has its own pods and Service.
     pub groups_share_host: bool,
-    /// Gateways moving between cluster groups, by (namespace, name): see
-    /// `crate::handover`.
-    pub handovers: BTreeMap<(String, String), Handover>,
+    /// Where Gateways are served when the controller decided it rather than
+    /// their label (Kubernetes: see `crate::handover`), by (namespace, name).
+    pub placements: BTreeMap<(String, String), Placement>,
 }
 
-/// A Gateway moving from group `from` to the group its label names: both
+/// The group serving a Gateway, and a move from another group in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub group: String,
+    pub handover: Option<Handover>,
+}
+
+/// A Gateway moving from group `from` to its placement's group: both
 /// groups serve it; its addresses are the old group's until the new one is
 /// ready, then the new one's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +96,7 @@ impl Default for CompileOptions {
             now: "1970-01-01T00:00:00Z".into(),
             group_addresses: BTreeMap::new(),
             groups_share_host: true,
-            handovers: BTreeMap::new(),
+            placements: BTreeMap::new(),
         }
     }
 }
@@ -158,11 +165,16 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             .map(|g| (g.created, g.namespace.as_str(), g.name.as_str())),
     );
     for g in &mut gateways {
-        g.moving_from = options
-            .handovers
+        if let Some(placement) = options
+            .placements
             .get(&(g.namespace.clone(), g.name.clone()))
-            .filter(|h| h.from != g.group)
-            .cloned();
+        {
+            g.group = placement.group.clone();
+            g.moving_from = placement
+                .handover
+                .clone()
+                .filter(|h| h.from != placement.group);
+        }
     }
     sharing::mark_shared_port_conflicts(&mut gateways, &gateway_ranks, options);
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = store

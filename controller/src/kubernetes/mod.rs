@@ -33,7 +33,6 @@ use tracing::info;
 use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
-    handover::Handovers,
     k8s::{
         BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
         Namespace, ReferenceGrant, Secret, Service,
@@ -159,7 +158,9 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
             groups_share_host: false,
             ..Default::default()
         },
-        handovers: Handovers::new(Duration::from_secs(args.group_move_drain_seconds)),
+        drain: Duration::from_secs(args.group_move_drain_seconds),
+        placing: BTreeMap::new(),
+        client: client.clone(),
         snapshots: Snapshots::new(),
         pending: Pending::default(),
         others,
@@ -201,15 +202,13 @@ pub async fn run(args: KubernetesArgs) -> anyhow::Result<()> {
                     }
                 }
                 state.compile_and_publish().await;
+                state.place_gateways();
             }
             _ = tick.tick() => {
-                if !state.advance_handovers().await {
-                    state.write_statuses().await;
-                }
+                state.place_gateways();
+                state.write_statuses().await;
             }
-            Ok(()) = answers.changed() => {
-                state.advance_handovers().await;
-            }
+            Ok(()) = answers.changed() => state.place_gateways(),
             _ = &mut shutdown => break,
         }
     }
@@ -335,13 +334,17 @@ struct Loop {
     compiled: bool,
     /// Where the data plane Services live (the controller's namespace).
     namespace: String,
-    handovers: Handovers,
+    /// How long an old group keeps serving a moved Gateway.
+    drain: Duration,
+    /// Placements written (or being written) to Gateways, and when.
+    placing: BTreeMap<(String, String), (crate::handover::Served, std::time::Instant)>,
+    client: kube::Client,
     /// The snapshots last published.
     snapshots: Snapshots,
     /// What changed since the last compile.
     pending: Pending,
     /// The other replicas' data planes' rejections.
-    others: tokio::sync::watch::Receiver<Vec<rejections::Rejections>>,
+    others: tokio::sync::watch::Receiver<Vec<rejections::Report>>,
 }
 
 /// Changes since the last compile: EndpointSlice changes only (by the
@@ -452,15 +455,9 @@ impl Loop {
         let now = runtime::now();
         self.options.now = runtime::rfc3339(now);
         self.options.group_addresses = group_addresses(&self.store, &self.namespace);
-        let labelled = crate::compile::our_gateways(&self.store)
-            .map(|g| {
-                (
-                    crate::compile::gateway_key(g),
-                    crate::compile::gateway_group(g),
-                )
-            })
-            .collect();
-        self.options.handovers = self.handovers.plan(&labelled);
+        // Where the leader placed each Gateway (every replica reads the
+        // same annotations, so all serve the same snapshots).
+        self.options.placements = crate::handover::placements(&self.store);
         let Compiled {
             snapshots,
             mut statuses,
@@ -503,23 +500,32 @@ impl Loop {
         self.hub.publish(&self.snapshots);
     }
 
-    /// Moves Gateways between groups along (see `crate::handover`), and
-    /// compiles again when a move changed phase. True when it compiled.
-    async fn advance_handovers(&mut self) -> bool {
-        if !self.compiled {
-            return false;
+    /// The leader moves Gateways between groups along (see
+    /// `crate::handover`): it writes each Gateway's placement when it
+    /// changes; the Gateway's watch event then recompiles every replica.
+    fn place_gateways(&mut self) {
+        if !self.compiled || !self.leader.load(Ordering::SeqCst) {
+            return;
         }
+        let others = self.others.borrow().clone();
         let hub = self.hub.clone();
-        let changed = self
-            .handovers
-            .advance(std::time::Instant::now(), |group| hub.group_ready(group));
-        if changed {
-            info!(moves = ?self.handovers.current(), "cluster group moves advanced");
-            // Not an endpoint change: the whole compile must see the moves.
-            self.pending.other = true;
-            self.compile_and_publish().await;
+        let decided = crate::handover::decide(&self.store, runtime::now(), self.drain, |group| {
+            rejections::group_ready(&hub, &others, group)
+        });
+        for (key, served) in decided {
+            // The same placement again only once the last write had time
+            // to come back through the watch.
+            if let Some((sent, at)) = self.placing.get(&key)
+                && *sent == served
+                && at.elapsed() < Duration::from_secs(5)
+            {
+                continue;
+            }
+            info!(gateway = %format!("{}/{}", key.0, key.1), placement = ?served, "placing Gateway");
+            self.placing
+                .insert(key.clone(), (served.clone(), std::time::Instant::now()));
+            tokio::spawn(write_placement(self.client.clone(), key, served));
         }
-        changed
     }
 
     /// Brings the view up to date and, when this replica leads, the
@@ -556,5 +562,36 @@ impl Loop {
                 changed
             });
         }
+    }
+}
+
+/// Writes a Gateway's placement annotation (server-side apply of that one
+/// annotation, under its own field manager).
+async fn write_placement(
+    client: kube::Client,
+    (namespace, name): (String, String),
+    served: crate::handover::Served,
+) {
+    let api: kube::Api<Gateway> = kube::Api::namespaced(client, &namespace);
+    let value = serde_json::to_string(&served).unwrap_or_default();
+    let patch = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": { crate::handover::ANNOTATION: value },
+        },
+    });
+    let params = kube::api::PatchParams::apply("gatehouse-controller-placement").force();
+    let written = tokio::time::timeout(
+        Duration::from_secs(10),
+        api.patch(&name, &params, &kube::api::Patch::Apply(patch)),
+    )
+    .await;
+    match written {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%namespace, %name, %error, "placement not written"),
+        Err(_) => tracing::warn!(%namespace, %name, "placement write timed out"),
     }
 }

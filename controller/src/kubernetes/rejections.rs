@@ -1,11 +1,14 @@
-//! Data plane rejections across controller replicas. Every replica serves
-//! snapshots, but only the Lease holder writes status, and a data plane's
-//! Nack reaches only the replica it is connected to. So each replica
-//! publishes the rejections its data planes made, of its groups' current
-//! versions, on a Lease of its own (`<lease>-<identity>`, annotation
-//! `gatehouse.dev/rejections`, renewed every heartbeat), and collects the
-//! others'. The leader shows a collected rejection when its version is the
-//! group's current one there too; compile is deterministic, so every
+//! What data planes answered, across controller replicas. Every replica
+//! serves snapshots, but only the Lease holder writes status and moves
+//! Gateways between groups, and a data plane's Ack or Nack reaches only the
+//! replica it is connected to. So each replica publishes, on a Lease of its
+//! own (`<lease>-<identity>`, annotation `gatehouse.dev/data-planes`,
+//! renewed every heartbeat while it has something to say), the rejections
+//! its data planes made of their groups' current versions and the versions
+//! they have applied, and collects the others'. The leader shows a
+//! collected rejection when its version is the group's current one there
+//! too, and counts a group ready when every data plane of it, on any
+//! replica, applied the current version; compile is deterministic, so every
 //! replica computes the same versions from the same objects. A replica that
 //! stops renewing its Lease is forgotten after the Lease's duration.
 
@@ -28,7 +31,7 @@ use crate::serve::SnapshotHub;
 
 /// Label of the rejection Leases, naming the election Lease they belong to.
 const LABEL: &str = "gatehouse.dev/rejections-of";
-const ANNOTATION: &str = "gatehouse.dev/rejections";
+const ANNOTATION: &str = "gatehouse.dev/data-planes";
 const FIELD_MANAGER: &str = "gatehouse-controller";
 
 /// One data plane's rejection of a group's snapshot.
@@ -41,6 +44,20 @@ pub struct Rejection {
 
 /// By cluster group.
 pub type Rejections = BTreeMap<String, Rejection>;
+
+/// What one replica's data planes answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub rejections: Rejections,
+    /// Per group, the versions its connected data planes applied.
+    pub applied: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl Report {
+    fn is_empty(&self) -> bool {
+        self.rejections.is_empty() && self.applied.is_empty()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Sharing {
@@ -57,12 +74,12 @@ pub fn spawn(
     client: Client,
     sharing: Sharing,
     hub: Arc<SnapshotHub>,
-) -> watch::Receiver<Vec<Rejections>> {
+) -> watch::Receiver<Vec<Report>> {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &sharing.namespace);
         let mut changes = hub.watch_changes();
-        let mut published: Option<(Rejections, std::time::Instant)> = None;
+        let mut published: Option<(Report, std::time::Instant)> = None;
         let mut collected: Option<std::time::Instant> = None;
         loop {
             let ours = local(&hub);
@@ -114,8 +131,9 @@ pub fn spawn(
 
 /// This replica's data planes' rejections of their groups' current
 /// snapshots.
-fn local(hub: &SnapshotHub) -> Rejections {
-    hub.rejected_versions()
+fn local(hub: &SnapshotHub) -> Report {
+    let rejections = hub
+        .rejected_versions()
         .into_iter()
         .map(|(group, (node, version, reason))| {
             (
@@ -127,7 +145,11 @@ fn local(hub: &SnapshotHub) -> Rejections {
                 },
             )
         })
-        .collect()
+        .collect();
+    Report {
+        rejections,
+        applied: hub.applied_versions(),
+    }
 }
 
 fn lease_name(sharing: &Sharing) -> String {
@@ -139,7 +161,7 @@ fn lease_name(sharing: &Sharing) -> String {
     name.chars().take(253).collect()
 }
 
-async fn publish(api: &Api<Lease>, sharing: &Sharing, ours: &Rejections) -> kube::Result<()> {
+async fn publish(api: &Api<Lease>, sharing: &Sharing, ours: &Report) -> kube::Result<()> {
     let seconds = i32::try_from((sharing.heartbeat * 3).as_secs().max(1)).unwrap_or(i32::MAX);
     let lease = Lease {
         metadata: ObjectMeta {
@@ -173,7 +195,7 @@ async fn publish(api: &Api<Lease>, sharing: &Sharing, ours: &Rejections) -> kube
     Ok(())
 }
 
-async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Rejections>> {
+async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Report>> {
     let params = ListParams::default().labels(&format!("{LABEL}={}", sharing.lease));
     let now = Timestamp::now().as_second();
     let mut out = Vec::new();
@@ -198,11 +220,11 @@ async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Reject
             .annotations
             .as_ref()
             .and_then(|a| a.get(ANNOTATION))
-            .and_then(|json| serde_json::from_str::<Rejections>(json).ok());
-        if let (true, Some(rejections)) = (fresh, shared)
-            && !rejections.is_empty()
+            .and_then(|json| serde_json::from_str::<Report>(json).ok());
+        if let (true, Some(report)) = (fresh, shared)
+            && !report.is_empty()
         {
-            out.push(rejections);
+            out.push(report);
         }
     }
     for name in gone {
@@ -215,10 +237,10 @@ async fn collect(api: &Api<Lease>, sharing: &Sharing) -> kube::Result<Vec<Reject
 
 /// This replica's rejections and the others' that are of the group's
 /// current version here, as (node, reason) by group.
-pub fn merged(hub: &SnapshotHub, others: &[Rejections]) -> BTreeMap<String, (String, String)> {
+pub fn merged(hub: &SnapshotHub, others: &[Report]) -> BTreeMap<String, (String, String)> {
     let mut out = hub.rejections();
-    for rejections in others {
-        for (group, r) in rejections {
+    for report in others {
+        for (group, r) in &report.rejections {
             if hub.current_version(group).as_deref() == Some(r.version.as_str()) {
                 out.entry(group.clone())
                     .or_insert_with(|| (r.node.clone(), r.reason.clone()));
@@ -226,4 +248,21 @@ pub fn merged(hub: &SnapshotHub, others: &[Rejections]) -> BTreeMap<String, (Str
         }
     }
     out
+}
+
+/// Whether `group` has a data plane connected to any replica and every one
+/// of them applied the group's current version here.
+pub fn group_ready(hub: &SnapshotHub, others: &[Report], group: &str) -> bool {
+    let Some(current) = hub.current_version(group) else {
+        return false;
+    };
+    let local = hub.applied_versions().remove(group).unwrap_or_default();
+    let mut applied = local
+        .iter()
+        .chain(others.iter().filter_map(|r| r.applied.get(group)).flatten());
+    let mut any = false;
+    applied.all(|version| {
+        any = true;
+        *version == current
+    }) && any
 }
