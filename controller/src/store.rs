@@ -240,15 +240,19 @@ impl Store {
 
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
         let removed = self.objects.remove(key)?;
-        if let Some(service) = slice_service(&removed)
-            && let Some(names) = self.slices_by_service.get_mut(&service)
-        {
-            names.remove(&key.name);
-            if names.is_empty() {
-                self.slices_by_service.remove(&service);
-            }
+        if let Some(service) = slice_service(&removed) {
+            self.unindex(&service, &key.name);
         }
         Some(removed)
+    }
+
+    fn unindex(&mut self, service: &(String, String), name: &str) {
+        if let Some(names) = self.slices_by_service.get_mut(service) {
+            names.remove(name);
+            if names.is_empty() {
+                self.slices_by_service.remove(service);
+            }
+        }
     }
 
     /// Drops the index entry of a replaced slice whose Service label
@@ -259,13 +263,8 @@ impl Store {
         };
         let key = old.key();
         let still = self.objects.get(&key).and_then(slice_service);
-        if still.as_ref() != Some(&service)
-            && let Some(names) = self.slices_by_service.get_mut(&service)
-        {
-            names.remove(&key.name);
-            if names.is_empty() {
-                self.slices_by_service.remove(&service);
-            }
+        if still.as_ref() != Some(&service) {
+            self.unindex(&service, &key.name);
         }
     }
 

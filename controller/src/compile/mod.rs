@@ -346,11 +346,9 @@ fn backend_tls_statuses(
         let g = &gateways[a.gateway];
         for rule in &routes[a.route].rules {
             for cluster in rule.clusters() {
-                // "namespace/service:port[+h2c]"
-                let Some((ns, rest)) = cluster.split_once('/') else {
+                let Some((ns, service, _)) = backend::cluster_source(cluster) else {
                     continue;
                 };
-                let service = rest.split(':').next().unwrap_or(rest);
                 users
                     .entry((ns.to_owned(), service.to_owned()))
                     .or_default()
