@@ -148,8 +148,9 @@ pub struct Compiled {
     pub snapshots: BTreeMap<String, Snapshot>,
     /// Sorted by (kind, namespace, name).
     pub statuses: Vec<StatusEntry>,
-    /// The cluster group of each of our Gateways, by (namespace, name).
-    pub gateway_groups: BTreeMap<(String, String), String>,
+    /// The cluster groups serving each of our Gateways (two while it moves
+    /// between groups), by (namespace, name).
+    pub gateway_groups: BTreeMap<(String, String), Vec<String>>,
 }
 
 /// Compiles a store into snapshots and statuses.
@@ -323,7 +324,10 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     let gateway_groups = gateways
         .iter()
-        .map(|g| ((g.namespace.clone(), g.name.clone()), g.group.clone()))
+        .map(|g| {
+            let groups = g.groups().map(str::to_owned).collect();
+            ((g.namespace.clone(), g.name.clone()), groups)
+        })
         .collect();
     Compiled {
         snapshots,

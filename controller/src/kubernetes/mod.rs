@@ -330,7 +330,7 @@ struct Loop {
     was_leader: bool,
     /// As compiled, before the data planes' rejections.
     statuses: Vec<StatusEntry>,
-    gateway_groups: BTreeMap<(String, String), String>,
+    gateway_groups: BTreeMap<(String, String), Vec<String>>,
     compiled: bool,
     /// Where the data plane Services live (the controller's namespace).
     namespace: String,

@@ -148,7 +148,7 @@ struct Cycle {
     view: Arc<RwLock<admin::View>>,
     /// As compiled, before the data planes' rejections.
     statuses: Vec<StatusEntry>,
-    gateway_groups: BTreeMap<(String, String), String>,
+    gateway_groups: BTreeMap<(String, String), Vec<String>>,
     shown_rejections: BTreeMap<String, (String, String)>,
 }
 

@@ -48,7 +48,7 @@ impl StatusEntry {
 /// Gateway's (namespace, name) to its group; `now` stamps the change.
 pub fn with_rejections(
     statuses: &[StatusEntry],
-    groups: &std::collections::BTreeMap<(String, String), String>,
+    groups: &std::collections::BTreeMap<(String, String), Vec<String>>,
     rejections: &std::collections::BTreeMap<String, (String, String)>,
     now: &str,
 ) -> Vec<StatusEntry> {
@@ -61,7 +61,14 @@ pub fn with_rejections(
             entry.namespace.clone().unwrap_or_default(),
             entry.name.clone(),
         );
-        let Some((node, reason)) = groups.get(&key).and_then(|g| rejections.get(g)) else {
+        // Any group serving the Gateway (both, while it moves) that
+        // rejected its snapshot makes the Gateway not programmed.
+        let Some((node, reason)) = groups
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .find_map(|g| rejections.get(g))
+        else {
             continue;
         };
         let conditions = entry.status["conditions"].as_array_mut();

@@ -38,6 +38,9 @@ pub enum ProxyError {
     Timeout,
     /// The Host selects another listener than the TLS SNI name did.
     Misdirected,
+    /// The backend's BackendTLSPolicy leaves nothing to trust: the request
+    /// is not sent (and not retried: it would fail the same way).
+    BackendTls,
 }
 
 impl ProxyError {
@@ -47,7 +50,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoBackend | Self::InvalidBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::Connect | Self::Upstream | Self::BackendTls => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
@@ -64,6 +67,7 @@ impl ProxyError {
             Self::Upstream => "upstream",
             Self::Timeout => "timeout",
             Self::Misdirected => "misdirected",
+            Self::BackendTls => "backend_tls_unusable",
         }
     }
 
@@ -73,7 +77,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => 12,
             Self::Timeout => 4,
-            Self::NoEndpoints | Self::Connect | Self::Upstream => 14,
+            Self::NoEndpoints | Self::Connect | Self::Upstream | Self::BackendTls => 14,
             Self::BadRequest | Self::NoBackend | Self::InvalidBackend | Self::Misdirected => 13,
         }
     }
@@ -280,6 +284,7 @@ impl Dataplane {
             match error {
                 super::upstream::UpstreamError::Connect(..) => ProxyError::Connect,
                 super::upstream::UpstreamError::Request(_) => ProxyError::Upstream,
+                super::upstream::UpstreamError::Unusable(..) => ProxyError::BackendTls,
             }
         })?;
         let (mut response, connection) = (response, connection);

@@ -46,6 +46,10 @@ pub enum UpstreamError {
     Connect(SocketAddr, String),
     #[error("upstream request failed: {0}")]
     Request(String),
+    /// BackendTLSPolicy leaves nothing to verify the backend with: no
+    /// connection is attempted (never clear text), and none would succeed.
+    #[error("no TLS to {0}: {1}")]
+    Unusable(SocketAddr, String),
 }
 
 /// Socket addresses are already well spread in their low bits (port, last
@@ -350,7 +354,7 @@ async fn connect_io(
     let stream = connect_tcp(address).await?;
     match tls {
         None => Ok(Either::Left(stream)),
-        Some(UpstreamTls::Unusable(why)) => Err(UpstreamError::Connect(address, why.clone())),
+        Some(UpstreamTls::Unusable(why)) => Err(UpstreamError::Unusable(address, why.clone())),
         Some(UpstreamTls::Ready {
             config,
             server_name,
