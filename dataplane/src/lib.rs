@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod client;
 pub mod proxy;
+pub mod retry_budget;
 pub mod stats;
 pub mod table;
 

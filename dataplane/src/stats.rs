@@ -32,6 +32,8 @@ pub struct RouteStats {
     sum_nanos: AtomicU64,
     /// Upstream requests sent again under the rule's retry policy.
     retries: AtomicU64,
+    /// Retries in flight against requests in flight (see `retry_budget`).
+    pub retry_budget: crate::retry_budget::RetryBudget,
 }
 
 /// A point-in-time copy of one route's statistics, for the metrics endpoint.
@@ -53,6 +55,7 @@ impl RouteStats {
             buckets: Default::default(),
             sum_nanos: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            retry_budget: Default::default(),
         }
     }
 

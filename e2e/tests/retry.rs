@@ -25,6 +25,9 @@ const RULES: &str = r#"  - matches: [{path: {type: PathPrefix, value: /retry/cod
   - matches: [{path: {type: PathPrefix, value: /retry/invalid}}]
     retry: {codes: [200]}
     backendRefs: [{name: svc, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /retry/budget}}]
+    retry: {codes: [503], attempts: 10, backoff: 1ms}
+    backendRefs: [{name: svc, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /no-retry}}]
     backendRefs: [{name: svc, port: 80}]
 "#;
@@ -233,4 +236,43 @@ async fn a_request_body_is_sent_again_only_when_it_was_held_whole() {
     let reply = client.send(post(300_000, &uuid)).await.unwrap();
     assert_eq!(reply.status, 500, "{}", reply.text());
     assert_eq!(seen(&gw, &uuid).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_routes_retry_budget() {
+    let echo = Echo::start("v3");
+    let gw = start(manifests::service("default", "svc", &[echo.port()]), RULES).await;
+    // 30 requests at once to a backend that always fails after 200 ms,
+    // with up to 10 retries each: without a budget the backend would get
+    // 330 requests. All carry one uuid, so the backend counts them all.
+    let uuid = format!("{:032x}", rand_id());
+    let url = gw.url(
+        80,
+        &format!("/retry/budget?responseCode=503&succeedAfter=100000&uuid={uuid}"),
+    );
+    let requests: Vec<_> = (0..30)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let request = Request::get(&url)
+                    .host(Some("retry.test"))
+                    .header("x-echo-delay-ms", "200");
+                HttpClient::new()
+                    .send(request)
+                    .await
+                    .expect("a reply")
+                    .status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 503);
+    }
+    let sent = seen(&gw, &uuid).await;
+    // A fifth of the requests in flight may retry at once (at least 3):
+    // about 30 + 6 + 3 × 9 here.
+    assert!(
+        (33..=120).contains(&sent),
+        "{sent} backend requests for 30 client requests"
+    );
 }

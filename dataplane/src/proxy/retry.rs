@@ -17,7 +17,9 @@
 //!   of the codes.
 //!
 //! Each retry chooses backend and endpoint anew, and waits the policy's
-//! backoff first. `timeouts.request`, when set, bounds all attempts and waits
+//! backoff first. Retries in flight stay within the route's retry budget
+//! (`crate::retry_budget`: a fifth of its requests in flight, at least 3);
+//! past it, a request answers with what it has. `timeouts.request`, when set, bounds all attempts and waits
 //! together (the caller wraps this future in it), as the spec asks.
 
 use std::sync::Arc;
@@ -52,6 +54,10 @@ impl Dataplane {
             Ok(replay) => replay,
             Err(request) => return self.forward(table, found, conn, request, 0).await,
         };
+        let budget = &found.rule.stats.retry_budget;
+        let _active = budget.begin();
+        // Held from a retry's backoff to the end of its attempt.
+        let mut _retrying = None;
         let mut retry = 0;
         loop {
             let result = self
@@ -60,6 +66,12 @@ impl Dataplane {
             if retry == policy.retries || !retried(policy, &result) {
                 return result;
             }
+            _retrying = None;
+            let Some(admitted) = budget.try_retry() else {
+                tracing::debug!(rule = %found.rule.object, "retry budget spent; not retried");
+                return result;
+            };
+            _retrying = Some(admitted);
             retry += 1;
             found.rule.stats.record_retry();
             tracing::debug!(
