@@ -198,7 +198,12 @@ impl Upstream {
                     // nothing reached the upstream, so another connection
                     // may carry it.
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Request(error_detail(error.error()))),
+                    // A fresh connection that failed before the request
+                    // went out: a connection failure (retried as one).
+                    Some(_) => {
+                        return Err(UpstreamError::Connect(address, error_detail(error.error())));
+                    }
+                    None => return Err(UpstreamError::Request(error_detail(error.error()))),
                 },
             }
         }
@@ -212,10 +217,12 @@ impl Upstream {
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.h2_sender(address, tls).await?;
+        // Not ready (the connection is gone or refuses new streams):
+        // nothing was sent, a connection failure.
         sender
             .ready()
             .await
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+            .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
         sender
             .send_request(request)
             .await
