@@ -512,6 +512,9 @@ impl Loop {
         let decided = crate::handover::decide(&self.store, runtime::now(), self.drain, |group| {
             rejections::group_ready(&hub, &others, group)
         });
+        // A bounded number of writes per round (the first round annotates
+        // every Gateway); the rest follow on the next ticks.
+        let mut budget = 32;
         for (key, served) in decided {
             // The same placement again only once the last write had time
             // to come back through the watch.
@@ -521,6 +524,10 @@ impl Loop {
             {
                 continue;
             }
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             info!(gateway = %format!("{}/{}", key.0, key.1), placement = ?served, "placing Gateway");
             self.placing
                 .insert(key.clone(), (served.clone(), std::time::Instant::now()));
