@@ -344,6 +344,17 @@ impl Reply {
     }
 
     /// The echo backend's description of the request it received.
+    /// A response read to its end.
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub fn echo(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not an echo reply ({}): {}", self.status, self.text()))
@@ -434,16 +445,7 @@ impl HttpClient {
             builder = builder.header(name, value);
         }
         let req = builder.body(Full::new(Bytes::from(request.body)))?;
-        let exchange = async {
-            let response = self.client.request(req).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            anyhow::Ok(Reply {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
-            })
-        };
+        let exchange = async { Reply::read(self.client.request(req).await?).await };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
             .with_context(|| format!("{} {} timed out", request.method, request.url))?
@@ -546,6 +548,22 @@ spec:
   rules:
   - backendRefs: {backend_refs}
 "#
+        )
+    }
+
+    /// An HTTPRoute `name` in `default` on Gateway `gw` for `host`, with
+    /// `rules` (YAML list items, each starting with "  - ").
+    pub fn route_with_rules(name: &str, host: &str, rules: &str) -> String {
+        format!(
+            r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules:
+{rules}"#
         )
     }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::RootCertStore;
@@ -196,14 +196,8 @@ impl TlsClient {
                     .body(Full::new(Bytes::new()))?;
                 sender.send_request(request).await?
             };
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
             anyhow::Ok(TlsReply {
-                reply: Reply {
-                    status: parts.status.as_u16(),
-                    headers: parts.headers,
-                    body,
-                },
+                reply: Reply::read(response).await?,
                 served,
                 alpn,
             })
@@ -248,16 +242,7 @@ impl TlsConnection {
         let request = http::Request::get(path)
             .header(http::header::HOST, host)
             .body(Full::new(Bytes::new()))?;
-        let exchange = async {
-            let response = self.sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            anyhow::Ok(Reply {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
-            })
-        };
+        let exchange = async { Reply::read(self.sender.send_request(request).await?).await };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
             .context("request on an open connection timed out")?

@@ -7,20 +7,8 @@ use std::time::{Duration, Instant};
 use gatehouse_e2e::{Echo, HttpClient, Request, Standalone, manifests};
 use serde_json::Value;
 
-/// An HTTPRoute `name` on Gateway `gw` for `host`, with `rules` (YAML, each
-/// starting with "  - ").
 fn route(name: &str, host: &str, rules: &str) -> String {
-    format!(
-        r#"---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [{host}]
-  rules:
-{rules}"#
-    )
+    manifests::route_with_rules(name, host, rules)
 }
 
 async fn start(backends: &[(&str, &Echo)], routes: &[String]) -> Standalone {

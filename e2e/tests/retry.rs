@@ -32,22 +32,12 @@ const RULES: &str = r#"  - matches: [{path: {type: PathPrefix, value: /retry/cod
     backendRefs: [{name: svc, port: 80}]
 "#;
 
-fn route(name: &str, rules: &str) -> String {
-    format!(
-        r#"---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [retry.test]
-  rules:
-{rules}"#
-    )
-}
-
 async fn start(service: String, rules: &str) -> Standalone {
-    let manifests = [manifests::gateway(), service, route("retries", rules)];
+    let manifests = [
+        manifests::gateway(),
+        service,
+        manifests::route_with_rules("retries", "retry.test", rules),
+    ];
     Standalone::start(&[("all.yaml", manifests.join("---\n"))]).await
 }
 
