@@ -512,6 +512,9 @@ impl Loop {
         let decided = crate::handover::decide(&self.store, runtime::now(), self.drain, |group| {
             rejections::group_ready(&hub, &others, group)
         });
+        // Writes long come back (or of deleted Gateways) are forgotten.
+        self.placing
+            .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
         // A bounded number of writes per round (the first round annotates
         // every Gateway); the rest follow on the next ticks.
         let mut budget = 32;
