@@ -343,7 +343,6 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The echo backend's description of the request it received.
     /// A response read to its end.
     pub async fn read(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
         let (parts, body) = response.into_parts();
@@ -355,6 +354,7 @@ impl Reply {
         })
     }
 
+    /// The echo backend's description of the request it received.
     pub fn echo(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not an echo reply ({}): {}", self.status, self.text()))
@@ -421,13 +421,7 @@ impl HttpClient {
         let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
             .await
             .context("h2c request timed out")??;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(response).await
     }
 
     pub async fn get(&self, url: &str, host: Option<&str>) -> anyhow::Result<Reply> {

@@ -167,19 +167,8 @@ impl TlsClient {
         path: &str,
     ) -> anyhow::Result<TlsReply> {
         let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let name = ServerName::try_from(sni.to_owned())?;
-            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await
-                .context("TLS handshake")?;
-            let (_, session) = tls.get_ref();
-            let served = session
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| c.to_vec())
-                .unwrap_or_default();
-            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            let (tls, served) = self.handshake(addr, sni).await?;
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             let io = TokioIo::new(tls);
             let response = if alpn.as_deref() == Some(b"h2") {
                 let (mut sender, connection) =
@@ -210,6 +199,24 @@ impl TlsClient {
     /// One HTTP/1.1 connection to `addr` with SNI `sni`, kept open for
     /// several requests.
     pub async fn connect(&self, addr: SocketAddr, sni: &str) -> anyhow::Result<TlsConnection> {
+        let (tls, served) = self.handshake(addr, sni).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        Ok(TlsConnection { sender, served })
+    }
+}
+
+impl TlsClient {
+    /// A TLS connection to `addr` with SNI `sni`, and the DER of the
+    /// end-entity certificate the server presented.
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+    ) -> anyhow::Result<(
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    )> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::try_from(sni.to_owned())?;
         let tls = tokio_rustls::TlsConnector::from(self.config.clone())
@@ -223,9 +230,7 @@ impl TlsClient {
             .and_then(|c| c.first())
             .map(|c| c.to_vec())
             .unwrap_or_default();
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
-        Ok(TlsConnection { sender, served })
+        Ok((tls, served))
     }
 }
 
