@@ -8,6 +8,7 @@
 //! API server, writing status back.
 
 pub mod admin;
+pub mod api;
 pub mod compile;
 pub mod handover;
 pub mod k8s;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Write the CRDs of Gatehouse's own resources into a directory.
+    Crds {
+        #[arg(long, default_value = "crds")]
+        out: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -43,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Kubernetes(args) => kubernetes::run(args).await,
         Command::Standalone(args) => standalone::run(args).await,
         Command::Compile { dir } => print_compiled(dir),
+        Command::Crds { out } => write_crds(out),
     }
 }
 
@@ -56,5 +62,15 @@ fn print_compiled(dir: PathBuf) -> anyhow::Result<()> {
         .collect();
     let out = serde_json::json!({ "snapshots": compiled.snapshots, "statuses": statuses });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn write_crds(out: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&out)?;
+    for (name, yaml) in gatehouse_controller::api::crds() {
+        let path = out.join(name);
+        std::fs::write(&path, yaml)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

@@ -85,6 +85,7 @@ fn known_kind(api_version: &str, kind: &str) -> Option<Kind> {
         ("", "v1", "Secret") => Some(Kind::Secret),
         ("", "v1", "ConfigMap") => Some(Kind::ConfigMap),
         ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+        (crate::api::GROUP, "v1alpha1", "Filter") => Some(Kind::Filter),
         _ => None,
     }
 }
@@ -150,6 +151,7 @@ fn typed(kind: Kind, value: Value) -> TypedResult {
         Kind::Namespace => Object::Namespace(de(value)?),
         Kind::Secret => Object::Secret(de(value)?),
         Kind::ConfigMap => Object::ConfigMap(de(value)?),
+        Kind::Filter => Object::Filter(de(value)?),
     })
 }
 

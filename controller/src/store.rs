@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::api::Filter;
 use crate::k8s::{
     BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
     Namespace, ObjectMeta, ReferenceGrant, Secret, Service,
@@ -24,6 +25,7 @@ pub enum Kind {
     Secret,
     ConfigMap,
     BackendTlsPolicy,
+    Filter,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
+            Kind::Filter => "Filter",
         }
     }
 
@@ -97,6 +100,7 @@ pub enum Object {
     Secret(Box<Secret>),
     ConfigMap(Box<ConfigMap>),
     BackendTlsPolicy(Box<BackendTlsPolicy>),
+    Filter(Box<Filter>),
 }
 
 impl Object {
@@ -113,6 +117,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
+            Object::Filter(_) => Kind::Filter,
         }
     }
 
@@ -143,6 +148,7 @@ impl Object {
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
+            Object::Filter(o) => &o.metadata,
         }
     }
 
@@ -159,6 +165,7 @@ impl Object {
             Object::Secret(o) => &mut o.metadata,
             Object::ConfigMap(o) => &mut o.metadata,
             Object::BackendTlsPolicy(o) => &mut o.metadata,
+            Object::Filter(o) => &mut o.metadata,
         }
     }
 
@@ -178,6 +185,7 @@ impl Object {
             Object::Secret(o) => serde_json::to_value(o),
             Object::ConfigMap(o) => serde_json::to_value(o),
             Object::BackendTlsPolicy(o) => serde_json::to_value(&o.spec),
+            Object::Filter(o) => serde_json::to_value(&o.spec),
         };
         let mut value = value.unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(map) = &mut value {
@@ -379,6 +387,13 @@ impl Store {
                 Object::BackendTlsPolicy(x) => Some(&**x),
                 _ => None,
             })
+    }
+
+    pub fn filters(&self) -> impl Iterator<Item = &Filter> {
+        self.of_kind(Kind::Filter).filter_map(|o| match o {
+            Object::Filter(x) => Some(&**x),
+            _ => None,
+        })
     }
 
     pub fn config_maps(&self) -> impl Iterator<Item = &ConfigMap> {

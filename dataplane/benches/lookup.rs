@@ -99,6 +99,7 @@ fn snapshot(routes: usize) -> pb::Snapshot {
             }],
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 

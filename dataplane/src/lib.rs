@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod filters;
 pub mod proxy;
 pub mod retry_budget;
 pub mod stats;

@@ -289,7 +289,12 @@ fn default_install_renders_controller_one_group_and_gateway_class() {
         "{}",
         rendered.notes
     );
-    assert!(rendered.crds.is_empty(), "the chart ships no CRDs yet");
+    let crd_names: Vec<&str> = rendered
+        .crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(crd_names, ["filters.gatehouse.dev"]);
 }
 
 #[test]

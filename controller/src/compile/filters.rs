@@ -19,6 +19,7 @@ use gatehouse_snapshot as pb;
 use serde::Deserialize;
 
 use crate::compile::backend::Backends;
+use crate::compile::filter_objects::FilterObjects;
 use crate::k8s::BackendRef;
 use crate::status::BackendFailure;
 
@@ -28,6 +29,9 @@ pub struct FiltersModel {
     /// Everything but the mirrors.
     pub filters: pb::Filters,
     pub mirrors: Vec<MirrorModel>,
+    /// gatehouse.dev Filters named by ExtensionRef, by index into
+    /// `FilterObjects`, in spec order.
+    pub extension_refs: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +87,8 @@ pub struct FilterContext<'s> {
     pub rule_level: bool,
     /// "HTTPRoute" or "GRPCRoute", for mirror backendRefs.
     pub route_kind: &'s str,
+    /// gatehouse.dev Filters, for ExtensionRefs.
+    pub gatehouse: &'s FilterObjects<'s>,
 }
 
 /// Checks a filter list and builds its model. `Err` is a message naming the
@@ -193,6 +199,20 @@ pub fn compile<T: serde::Serialize>(
                     "{field}: filter CORS is supported on rules, not on backendRefs"
                 ));
             }
+            "ExtensionRef" => {
+                let spec = spec
+                    .extension_ref
+                    .as_ref()
+                    .ok_or_else(|| missing("extensionRef"))?;
+                let index = extension_ref(ctx, &format!("{field}.extensionRef"), spec)?;
+                if model.extension_refs.contains(&index) {
+                    return Err(format!(
+                        "{field}.extensionRef: Filter {} is named twice",
+                        spec.name
+                    ));
+                }
+                model.extension_refs.push(index);
+            }
             other => {
                 return Err(format!("{field}: filter {other} is not supported yet"));
             }
@@ -218,6 +238,46 @@ struct FilterSpec {
     url_rewrite: Option<RewriteSpec>,
     request_mirror: Option<MirrorSpec>,
     cors: Option<CorsSpec>,
+    extension_ref: Option<ExtensionRefSpec>,
+}
+
+#[derive(Deserialize)]
+struct ExtensionRefSpec {
+    group: String,
+    kind: String,
+    name: String,
+}
+
+/// A rule's ExtensionRef to a gatehouse.dev Filter in the route's
+/// namespace: its index, or why the rule must answer 500 (unknown kind, no
+/// such Filter, or a Filter that is itself invalid).
+fn extension_ref(
+    ctx: &FilterContext<'_>,
+    field: &str,
+    spec: &ExtensionRefSpec,
+) -> Result<usize, String> {
+    if spec.group != crate::api::GROUP || spec.kind != "Filter" {
+        return Err(format!(
+            "{field}: {}/{} is not a filter kind Gatehouse knows (gatehouse.dev/Filter)",
+            spec.group, spec.kind
+        ));
+    }
+    if !ctx.rule_level {
+        return Err(format!(
+            "{field}: gatehouse.dev Filters apply to rules, not to backendRefs"
+        ));
+    }
+    let index = ctx
+        .gatehouse
+        .find(ctx.route_ns, &spec.name)
+        .ok_or_else(|| format!("{field}: Filter {}/{} not found", ctx.route_ns, spec.name))?;
+    if let Err(why) = &ctx.gatehouse.filters[index].content {
+        return Err(format!(
+            "{field}: Filter {}/{} is invalid: {why}",
+            ctx.route_ns, spec.name
+        ));
+    }
+    Ok(index)
 }
 
 #[derive(Deserialize)]
@@ -331,7 +391,7 @@ fn header_modifier(field: &str, spec: &HeaderSpec) -> Result<pb::HeaderModifier,
 }
 
 /// A lower-cased header name, if it is an RFC 9110 token.
-fn header_name(field: &str, name: &str) -> Result<String, String> {
+pub(crate) fn header_name(field: &str, name: &str) -> Result<String, String> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(token) {
         return Err(format!("{field}: {name:?} is not a valid header name"));
@@ -340,7 +400,7 @@ fn header_name(field: &str, name: &str) -> Result<String, String> {
 }
 
 /// RFC 9110 §5.5: visible characters, spaces and tabs (obs-text allowed).
-fn is_field_value(value: &str) -> bool {
+pub(crate) fn is_field_value(value: &str) -> bool {
     value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)

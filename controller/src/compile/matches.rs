@@ -131,6 +131,7 @@ fn route_match(m: &K8sMatch, field: &dyn Fn() -> String) -> Result<RouteMatch, S
         query_params,
         rule: 0,
         backend_identity: 0,
+        chain: 0,
     })
 }
 

@@ -12,7 +12,9 @@
 mod attach;
 mod backend;
 mod backend_tls;
+mod chain;
 mod endpoints;
+mod filter_objects;
 mod filters;
 mod gateway;
 mod grants;
@@ -186,6 +188,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         })
         .collect();
     let mut backends = backend::Backends::new(store);
+    let filter_objects = filter_objects::FilterObjects::new(store);
     // GRPCRoutes route as the HTTPRoutes they are on the wire; one that
     // cannot be read as one is reported and left out.
     let grpc_as_http: Vec<_> = store
@@ -200,11 +203,16 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         .collect();
     let mut routes: Vec<route::RouteModel<'_>> = store
         .http_routes()
-        .map(|r| route::RouteModel::new(r, route::RouteKind::Http, &mut backends))
+        .map(|r| route::RouteModel::new(r, route::RouteKind::Http, &mut backends, &filter_objects))
         .collect();
     routes.extend(grpc_as_http.iter().map(|t| route::RouteModel {
         grpc_match_chars: t.match_chars.clone(),
-        ..route::RouteModel::new(&t.route, route::RouteKind::Grpc, &mut backends)
+        ..route::RouteModel::new(
+            &t.route,
+            route::RouteKind::Grpc,
+            &mut backends,
+            &filter_objects,
+        )
     }));
 
     let parents = attach::Parents::new(&gateways, &namespace_labels);
@@ -221,6 +229,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
             .map(|r| (r.created, r.namespace.as_str(), r.name.as_str())),
     );
     kinds::resolve(&routes, &route_ranks, &mut attachments, &mut route_reports);
+    let chains = chain::Chains::new(&filter_objects);
     let groups: BTreeSet<&str> = gateways.iter().flat_map(|g| g.groups()).collect();
     let snapshots = groups
         .into_iter()
@@ -237,6 +246,8 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
                     .collect(),
                 backends: &backends,
                 options,
+                chains: &chains,
+                filter_objects: &filter_objects,
             };
             let mut snapshot = ports::group_snapshot(&input);
             gatehouse_snapshot::seal(&mut snapshot);
@@ -320,6 +331,14 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
         &attachments,
         options,
     ));
+    statuses.extend(filter_statuses(
+        &filter_objects,
+        &chains,
+        &gateways,
+        &routes,
+        &attachments,
+        options,
+    ));
     statuses
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     let gateway_groups = gateways
@@ -395,6 +414,91 @@ fn backend_tls_statuses(
                 report.conflicted_with.as_deref(),
                 ctx,
             )
+        })
+        .collect()
+}
+
+/// The status of every gatehouse.dev Filter: valid or not, whether each
+/// target exists, and where a more specific filter overrides it.
+fn filter_statuses(
+    filters: &filter_objects::FilterObjects<'_>,
+    chains: &chain::Chains<'_, '_>,
+    gateways: &[gateway::GatewayModel<'_>],
+    routes: &[route::RouteModel<'_>],
+    attachments: &[attach::Attachment],
+    options: &CompileOptions,
+) -> Vec<StatusEntry> {
+    use filter_objects::Target;
+    if filters.is_empty() {
+        return Vec::new();
+    }
+    let mut overrides = BTreeSet::new();
+    for a in attachments.iter().filter(|a| a.accepted) {
+        let g = &gateways[a.gateway];
+        let listener = &g.listeners[a.listener].name;
+        let route = &routes[a.route];
+        for rule in 0..route.rules.len() {
+            chains.for_rule(g, listener, route, rule, Some(&mut overrides));
+        }
+    }
+    let messages = chain::override_messages(&overrides, filters);
+    let exists = |target: &Target| match target {
+        Target::Gateway { namespace, name } => gateways
+            .iter()
+            .any(|g| &g.namespace == namespace && &g.name == name),
+        Target::Listener {
+            namespace,
+            name,
+            section,
+        } => gateways.iter().any(|g| {
+            &g.namespace == namespace
+                && &g.name == name
+                && g.listeners.iter().any(|l| &l.name == section)
+        }),
+        Target::Route { namespace, name } => routes.iter().any(|r| {
+            r.kind == route::RouteKind::Http && &r.namespace == namespace && &r.name == name
+        }),
+        Target::Rule {
+            namespace,
+            name,
+            section,
+        } => routes.iter().any(|r| {
+            r.kind == route::RouteKind::Http
+                && &r.namespace == namespace
+                && &r.name == name
+                && r.rules.iter().any(|rule| &rule.section == section)
+        }),
+    };
+    filters
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let report = status::conditions::FilterReport {
+                invalid: f.content.as_ref().err().cloned(),
+                targets: f
+                    .object
+                    .spec
+                    .target_refs
+                    .iter()
+                    .zip(&f.targets)
+                    .map(|(t, target)| {
+                        (
+                            t.group.clone(),
+                            t.kind.clone(),
+                            t.name.clone(),
+                            t.section_name.clone(),
+                            target.as_ref().is_some_and(exists),
+                        )
+                    })
+                    .collect(),
+                overridden: messages.get(&i).cloned(),
+            };
+            let ctx = ConditionContext {
+                generation: f.generation(),
+                now: &options.now,
+            };
+            status::conditions::filter(&f.namespace, &f.name, &report, ctx)
         })
         .collect()
 }

@@ -21,6 +21,8 @@ use gatehouse_snapshot::{
 use crate::compile::CompileOptions;
 use crate::compile::attach::Attachment;
 use crate::compile::backend::Backends;
+use crate::compile::chain::{ChainTable, Chains};
+use crate::compile::filter_objects::FilterObjects;
 use crate::compile::gateway::GatewayModel;
 use crate::compile::hostname::specificity;
 use crate::compile::precedence::Precedence;
@@ -38,6 +40,8 @@ pub struct GroupInput<'m, 'a> {
     pub attachments: Vec<&'m Attachment>,
     pub backends: &'m Backends<'a>,
     pub options: &'m CompileOptions,
+    pub chains: &'m Chains<'m, 'a>,
+    pub filter_objects: &'m FilterObjects<'a>,
 }
 
 type PortKey = (IpAddr, u32);
@@ -48,11 +52,13 @@ struct ListenerBuild {
     hostname: String,
     certificates: Vec<Certificate>,
     hosts: BTreeMap<String, Vec<(Precedence, RouteMatch)>>,
+    chain: u32,
 }
 
 /// The (unsealed) snapshot of one group.
 pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     let (rules, first_rule, clusters) = rule_table(input);
+    let mut chain_table = ChainTable::default();
     type PortBuild = (u32, Protocol, Option<ClientValidation>, Vec<ListenerBuild>);
     let mut ports: BTreeMap<PortKey, PortBuild> = BTreeMap::new();
     let mut slots: HashMap<(usize, usize), Vec<(PortKey, usize)>> = HashMap::new();
@@ -90,6 +96,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                     l.name.clone(),
                 );
                 let listener_origin = origin("Gateway", &g.namespace, &g.name, &l.name);
+                let chain = chain_table.intern(&input.chains.for_listener(g, &l.name));
                 // Listeners of different Gateways with the same hostname on
                 // one socket serve the union of their routes (a Gateway's own
                 // duplicates are HostnameConflict and never get here); the
@@ -101,6 +108,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                         if sort < merged.sort {
                             merged.sort = sort;
                             merged.origin = listener_origin;
+                            merged.chain = chain;
                             let newer =
                                 std::mem::replace(&mut merged.certificates, l.certificates.clone());
                             merged.certificates.extend(newer);
@@ -118,6 +126,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                             hostname: hostname.clone(),
                             certificates: l.certificates.clone(),
                             hosts: BTreeMap::new(),
+                            chain,
                         });
                         listeners.len() - 1
                     }
@@ -145,6 +154,16 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         let route = &input.routes[a.route];
         let first = first_rule[&a.route];
         let identity = identity_of(a.gateway);
+        let gateway = &input.gateways[a.gateway];
+        let listener_name = &gateway.listeners[a.listener].name;
+        let rule_chains: Vec<u32> = (0..route.rules.len())
+            .map(|ri| {
+                let steps = input
+                    .chains
+                    .for_rule(gateway, listener_name, route, ri, None);
+                chain_table.intern(&steps)
+            })
+            .collect();
         for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
             let listener = &mut ports.get_mut(key).expect("slot of a known port").3[*index];
             for host in &a.hosts {
@@ -155,6 +174,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                         let mut m = m.clone();
                         m.rule = first + ri as u32;
                         m.backend_identity = identity;
+                        m.chain = rule_chains[ri];
                         entries.push((precedence, m));
                     }
                 }
@@ -181,6 +201,8 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         rules,
         clusters,
         backend_identities: identities,
+        filters: chain_table.snapshot_filters(input.filter_objects),
+        chains: chain_table.chains,
     }
 }
 
@@ -209,6 +231,7 @@ fn finish_listeners(mut listeners: Vec<ListenerBuild>) -> Vec<Listener> {
                 hostname: l.hostname,
                 hosts,
                 certificates: l.certificates,
+                chain: l.chain,
             }
         })
         .collect()

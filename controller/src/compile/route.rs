@@ -25,6 +25,7 @@
 use gatehouse_snapshot::{Retry, RouteMatch};
 
 use crate::compile::backend::Backends;
+use crate::compile::filter_objects::FilterObjects;
 use crate::compile::filters::{self, FilterContext, FilterOutcome, FiltersModel};
 use crate::compile::precedence::Precedence;
 use crate::compile::{matches, retry, timeouts};
@@ -106,7 +107,12 @@ impl RouteKind {
 }
 
 impl<'a> RouteModel<'a> {
-    pub fn new(route: &'a HttpRoute, kind: RouteKind, backends: &mut Backends<'_>) -> Self {
+    pub fn new(
+        route: &'a HttpRoute,
+        kind: RouteKind,
+        backends: &mut Backends<'_>,
+        gatehouse: &FilterObjects<'_>,
+    ) -> Self {
         let meta = &route.metadata;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let spec_rules = route.spec.rules.as_deref().unwrap_or_default();
@@ -123,7 +129,15 @@ impl<'a> RouteModel<'a> {
                 }
             };
             let mut outcome = FilterOutcome::default();
-            let built = rule_model(&namespace, kind, index, rule, backends, &mut outcome);
+            let built = rule_model(
+                &namespace,
+                kind,
+                index,
+                rule,
+                backends,
+                gatehouse,
+                &mut outcome,
+            );
             for failure in [built.1, outcome.mirror_failure].into_iter().flatten() {
                 if resolved_refs.is_ok() {
                     resolved_refs = Err(failure);
@@ -235,6 +249,7 @@ fn rule_model(
     index: usize,
     rule: &Rule,
     backends: &mut Backends<'_>,
+    gatehouse: &FilterObjects<'_>,
     outcome: &mut FilterOutcome,
 ) -> (Result<RuleModel, String>, Option<BackendFailure>) {
     let mut out = Vec::new();
@@ -259,6 +274,7 @@ fn rule_model(
             has_backends: false,
             rule_level: false,
             route_kind: kind.as_str(),
+            gatehouse,
         };
         let filters = filters::compile(
             &ctx,
@@ -283,6 +299,7 @@ fn rule_model(
         has_backends: !refs.is_empty(),
         rule_level: true,
         route_kind: kind.as_str(),
+        gatehouse,
     };
     let model = filters::compile(
         &ctx,

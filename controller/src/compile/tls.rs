@@ -295,7 +295,7 @@ pub fn is_passthrough(tls: Option<&ListenerTls>) -> bool {
 /// A Secret key's bytes: `data` (base64 in manifests, decoded on reading),
 /// else `stringData`, which manifest files may use and an API server would
 /// have folded into `data`.
-fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return Some(value.0.clone());
     }

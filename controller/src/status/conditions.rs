@@ -515,3 +515,87 @@ pub fn route(
         object([("parents", Value::Array(parents))]),
     )
 }
+
+/// What compile found about one gatehouse.dev Filter.
+#[derive(Debug, Clone, Default)]
+pub struct FilterReport {
+    /// Why the Filter's content is invalid.
+    pub invalid: Option<String>,
+    /// Per targetRef: (group, kind, name, sectionName) and whether the target
+    /// exists.
+    pub targets: Vec<(String, String, String, Option<String>, bool)>,
+    /// Where a more specific filter of the same type runs instead.
+    pub overridden: Option<String>,
+}
+
+/// A Filter's status: `Accepted` for the object, and per targetRef an
+/// ancestor entry (policy attachment) with `Accepted` (`TargetNotFound`
+/// when the target does not exist) and, where it applies, `Overridden`.
+pub fn filter(
+    namespace: &str,
+    name: &str,
+    report: &FilterReport,
+    ctx: ConditionContext<'_>,
+) -> StatusEntry {
+    let accepted = match &report.invalid {
+        None => ctx.condition("Accepted", true, "Accepted", "Filter is valid"),
+        Some(why) => ctx.condition(
+            "Accepted",
+            false,
+            "Invalid",
+            &format!("{why}; requests it applies to are answered 500"),
+        ),
+    };
+    let overridden = match &report.overridden {
+        Some(message) => ctx.condition("Overridden", true, "MoreSpecificFilter", message),
+        None => ctx.condition(
+            "Overridden",
+            false,
+            "NotOverridden",
+            "No more specific filter of the same type replaces it",
+        ),
+    };
+    let ancestors: Vec<Value> = report
+        .targets
+        .iter()
+        .map(|(group, kind, target, section, exists)| {
+            let mut reference = serde_json::Map::new();
+            reference.insert("group".into(), group.clone().into());
+            reference.insert("kind".into(), kind.clone().into());
+            reference.insert("namespace".into(), namespace.into());
+            reference.insert("name".into(), target.clone().into());
+            if let Some(section) = section {
+                reference.insert("sectionName".into(), section.clone().into());
+            }
+            let accepted = match (exists, &report.invalid) {
+                (_, Some(_)) => accepted.clone(),
+                (true, None) => ctx.condition("Accepted", true, "Accepted", "Filter is attached"),
+                (false, None) => ctx.condition(
+                    "Accepted",
+                    false,
+                    "TargetNotFound",
+                    &format!("{kind} {namespace}/{target} not found"),
+                ),
+            };
+            object([
+                ("ancestorRef", Value::Object(reference)),
+                ("controllerName", CONTROLLER_NAME.into()),
+                (
+                    "conditions",
+                    Value::Array(vec![accepted, overridden.clone()]),
+                ),
+            ])
+        })
+        .collect();
+    StatusEntry {
+        api_version: crate::api::API_VERSION.into(),
+        kind: "Filter".into(),
+        namespace: Some(namespace.into()),
+        name: name.into(),
+        generation: ctx.generation,
+        status: object([
+            ("conditions", Value::Array(vec![accepted, overridden])),
+            ("ancestors", Value::Array(ancestors)),
+        ]),
+    }
+}

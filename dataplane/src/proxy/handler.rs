@@ -16,13 +16,19 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::{
-    Connection, Dataplane, body::ProxyBody, filters, headers, request_body::RequestBody, upgrade,
+    Connection, Dataplane,
+    body::ProxyBody,
+    filters, headers,
+    request_body::{ClientBody, RequestBody},
+    upgrade,
 };
+use crate::filters::{Chain, Local, Passed, RequestFacts};
 use crate::table::{
     CorsDecision, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, UpstreamTls,
     normalize_host,
 };
 use gatehouse_snapshot::UpstreamProtocol;
+use std::sync::atomic::Ordering;
 
 /// Why a request was answered by the proxy itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +136,11 @@ impl Dataplane {
                 &found.rule.stats,
                 self.serve(&table, found, &conn, request).await,
             ),
-            Err(error) => (self.stats.no_route(), Err(error)),
+            Err((error, Some(chain))) => (
+                self.stats.no_route(),
+                unrouted(chain, &conn, request, error, grpc).await,
+            ),
+            Err((error, None)) => (self.stats.no_route(), Err(error)),
         };
         let response = result.unwrap_or_else(|error| {
             tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
@@ -150,8 +160,12 @@ impl Dataplane {
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
-        if rule.filters.is_none() && rule.request_timeout.is_none() && rule.retry.is_none() {
-            let request = request.map(RequestBody::Client);
+        if rule.filters.is_none()
+            && rule.request_timeout.is_none()
+            && rule.retry.is_none()
+            && found.chain.is_none()
+        {
+            let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
             return self.forward(table, found, conn, request, 0).await;
         }
         let filtered = Box::pin(self.filtered(table, found, conn, request));
@@ -173,31 +187,70 @@ impl Dataplane {
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let filters = found.rule.filters.as_deref();
-        let mut request = request.map(RequestBody::Client);
+        let grpc = is_grpc(&request);
+        let (parts, body) = request.into_parts();
+        let mut client_body = ClientBody::new(body);
+        let mut request = Request::from_parts(parts, ());
         let mut cors = None;
-        if let Some(filters) = filters {
-            if let Some(policy) = &filters.cors {
-                match policy.decide(request.method(), request.headers()) {
-                    CorsDecision::Preflight(headers) => return Ok(filters::preflight(headers)),
-                    CorsDecision::RefusedPreflight => return Ok(filters::preflight(Vec::new())),
-                    CorsDecision::Actual(headers) => cors = Some(headers),
-                    CorsDecision::NotCors => {}
+        // A preflight carries no credentials (Fetch standard), so it is
+        // answered before any gatehouse.dev filter could refuse it.
+        if let Some(policy) = filters.and_then(|f| f.cors.as_ref()) {
+            match policy.decide(request.method(), request.headers()) {
+                CorsDecision::Preflight(headers) => return Ok(filters::preflight(headers)),
+                CorsDecision::RefusedPreflight => return Ok(filters::preflight(Vec::new())),
+                CorsDecision::Actual(headers) => cors = Some(headers),
+                CorsDecision::NotCors => {}
+            }
+        }
+        let mut passed = Passed::default();
+        let mut body_too_large = None;
+        if let Some(chain) = found.chain {
+            let facts = RequestFacts {
+                peer: conn.client.ip(),
+                rule: &found.rule.object,
+            };
+            match chain.run(facts, request.headers_mut()).await {
+                Ok(ok) => passed = ok,
+                Err(local) => {
+                    let mut response = local_response(local, grpc);
+                    if let Some(headers) = cors {
+                        filters::add_cors(response.headers_mut(), headers);
+                    }
+                    return Ok(response);
                 }
             }
+            if let Some(max) = passed.body_limit {
+                body_too_large = Some(client_body.limit(max));
+            }
+        }
+        let mut request = request.map(|()| RequestBody::Client(client_body));
+        if let Some(filters) = filters {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
             }
             let identity = found.route_match.backend_identity;
             request = self.mirror(table, &filters.mirrors, conn, identity, request);
         }
-        let mut response = self
-            .forward_with_retries(table, found, conn, request)
-            .await?;
+        let forwarded = self.forward_with_retries(table, found, conn, request).await;
+        let mut response = match forwarded {
+            Err(_)
+                if body_too_large
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Acquire)) =>
+            {
+                let local = Local::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                local_response(local, grpc)
+            }
+            other => other?,
+        };
         if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(response.headers_mut());
         }
         if let Some(headers) = cors {
             filters::add_cors(response.headers_mut(), headers);
+        }
+        for (name, value) in passed.response_headers {
+            response.headers_mut().insert(name, value);
         }
         Ok(response)
     }
@@ -463,16 +516,17 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The rule for a request, or why there is none.
+/// The rule for a request, or why there is none (with the listener's
+/// gateway-phase filters, which run even then).
 fn find_route<'t>(
     table: &'t Table,
     conn: &Connection,
     request: &Request<Incoming>,
-) -> Result<Found<'t>, ProxyError> {
-    let authority = client_authority(request)?;
-    let host = normalize_host(authority).map_err(|_| ProxyError::BadRequest)?;
+) -> Result<Found<'t>, (ProxyError, Option<&'t Chain>)> {
+    let authority = client_authority(request).map_err(|e| (e, None))?;
+    let host = normalize_host(authority).map_err(|_| (ProxyError::BadRequest, None))?;
     if let Some(sni) = &conn.sni {
-        check_sni(table, conn, sni, &host)?;
+        check_sni(table, conn, sni, &host).map_err(|e| (e, None))?;
     }
     let view = RequestView {
         host: &host,
@@ -502,8 +556,64 @@ fn find_route<'t>(
     }
     match table.lookup(&conn.port, &view) {
         Lookup::Rule(found) => Ok(found),
-        Lookup::NoPort | Lookup::NoListener | Lookup::NoRoute => Err(ProxyError::NoRoute),
+        Lookup::NoRoute(chain) => Err((ProxyError::NoRoute, chain)),
+        Lookup::NoPort | Lookup::NoListener => Err((ProxyError::NoRoute, None)),
     }
+}
+
+/// A request that matched no route still meets the listener's
+/// gateway-phase filters: a refused client learns nothing about routes.
+async fn unrouted(
+    chain: &Chain,
+    conn: &Connection,
+    mut request: Request<Incoming>,
+    error: ProxyError,
+    grpc: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let facts = RequestFacts {
+        peer: conn.client.ip(),
+        rule: "",
+    };
+    match chain.run(facts, request.headers_mut()).await {
+        Ok(_) => Err(error),
+        Err(local) => Ok(local_response(local, grpc)),
+    }
+}
+
+/// A filter's own answer. A gRPC client gets it as a gRPC status (the
+/// gRPC HTTP mapping: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 and
+/// the size limits RESOURCE_EXHAUSTED), unless it is a success a
+/// staticResponse chose to give.
+fn local_response(local: Local, grpc: bool) -> Response<ProxyBody> {
+    let code = match local.status.as_u16() {
+        _ if !grpc || local.status.is_success() => None,
+        401 => Some(16u16),
+        403 => Some(7),
+        413 | 429 | 431 => Some(8),
+        _ => Some(13),
+    };
+    if let Some(code) = code {
+        let mut response = Response::new(ProxyBody::Local(Bytes::new().into()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(code));
+        for (name, value) in local.headers {
+            if name != header::CONTENT_TYPE {
+                headers.append(name, value);
+            }
+        }
+        return response;
+    }
+    let mut response = Response::new(ProxyBody::Local(local.body.into()));
+    *response.status_mut() = local.status;
+    let headers = response.headers_mut();
+    for (name, value) in local.headers {
+        headers.append(name, value);
+    }
+    response
 }
 
 /// The method a CORS preflight (Fetch standard: an OPTIONS request with

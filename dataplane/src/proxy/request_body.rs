@@ -11,6 +11,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -24,7 +28,7 @@ const MIRROR_BUFFER: usize = 16;
 
 #[derive(Debug)]
 pub enum RequestBody {
-    Client(Incoming),
+    Client(ClientBody),
     Tee(Tee),
     Mirror(MirrorCopy),
     Buffered(Buffered),
@@ -53,6 +57,71 @@ pub enum BodyError {
     Client(#[from] hyper::Error),
     #[error("the mirrored request's body was cut off")]
     MirrorCutOff,
+    #[error("the request body is larger than the requestLimits filter allows")]
+    TooLarge,
+}
+
+/// The client's body, counted against a `requestLimits` body limit when
+/// one applies: past it, the body ends in an error (so the upstream
+/// request is abandoned) and the flag tells the handler to answer 413.
+#[derive(Debug)]
+pub struct ClientBody {
+    body: Incoming,
+    limit: Option<BodyLimit>,
+}
+
+#[derive(Debug)]
+struct BodyLimit {
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming) -> Self {
+        ClientBody { body, limit: None }
+    }
+
+    /// Caps the body at `max` bytes; the flag is set when it goes past.
+    pub fn limit(&mut self, max: u64) -> Arc<AtomicBool> {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        self.limit = Some(BodyLimit {
+            remaining: max,
+            exceeded: exceeded.clone(),
+        });
+        exceeded
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(limit), Poll::Ready(Some(Ok(frame)))) = (&mut this.limit, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            if len > limit.remaining {
+                limit.exceeded.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(BodyError::TooLarge)));
+            }
+            limit.remaining -= len;
+        }
+        polled.map_err(BodyError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 enum Chunk {
@@ -64,7 +133,7 @@ enum Chunk {
 /// The client's body, copied to mirrors as it is read.
 #[derive(Debug)]
 pub struct Tee {
-    body: Incoming,
+    body: ClientBody,
     mirrors: Vec<mpsc::Sender<Chunk>>,
 }
 
@@ -143,7 +212,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Self::Client(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            Self::Client(body) => Pin::new(body).poll_frame(cx),
             Self::Tee(tee) => {
                 let polled = Pin::new(&mut tee.body).poll_frame(cx);
                 match &polled {
@@ -166,7 +235,7 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Err(_))) => tee.mirrors.clear(),
                     Poll::Pending => {}
                 }
-                polled.map_err(BodyError::from)
+                polled
             }
             Self::Mirror(copy) => {
                 if copy.ended {

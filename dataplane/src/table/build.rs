@@ -31,6 +31,7 @@ use crate::stats::StatsRegistry;
 struct Counts {
     rules: usize,
     identities: usize,
+    chains: usize,
 }
 
 /// Gateway API caps `BackendRef.weight` at 1,000,000.
@@ -52,9 +53,25 @@ impl Table {
     ) -> Result<Table, BuildError> {
         let clusters = build_clusters(&snapshot.clusters, &snapshot.backend_identities, previous)?;
         let rules = build_rules(&snapshot.rules, clusters.len(), stats)?;
+        let filters = crate::filters::build_filters(
+            &snapshot.filters,
+            previous.map_or(&[][..], |p| p.filters()),
+        )
+        .map_err(|(i, problem)| {
+            let object = snapshot.filters[i].origin.as_ref().map_or_else(
+                || "Filter".to_owned(),
+                |o| format!("Filter {}/{}", o.namespace, o.name),
+            );
+            BuildError::new(object, format!("filters[{i}]"), problem)
+        })?;
+        let chains =
+            crate::filters::build_chains(&snapshot.chains, &filters).map_err(|(i, problem)| {
+                BuildError::new("Snapshot".to_owned(), format!("chains[{i}]"), problem)
+            })?;
         let counts = Counts {
             rules: rules.len(),
             identities: snapshot.backend_identities.len(),
+            chains: chains.len(),
         };
         let mut ports = HashMap::with_capacity(snapshot.ports.len());
         let mut port_keys = Vec::with_capacity(snapshot.ports.len());
@@ -75,6 +92,8 @@ impl Table {
             port_keys: port_keys.into(),
             rules: rules.into(),
             clusters: clusters.into(),
+            filters: filters.into(),
+            chains: chains.into(),
         })
     }
 }
@@ -164,12 +183,21 @@ fn build_listener(
     }
     // Stable: equal lengths keep snapshot order.
     wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    let chain = listener.chain as usize;
+    if chain > counts.chains {
+        return Err(BuildError::new(
+            object,
+            format!("{field}.chain"),
+            format!("chain {chain} out of range"),
+        ));
+    }
     Ok(Listener {
         object: object.into(),
         hostname,
         exact,
         wildcards: wildcards.into(),
         any,
+        chain,
     })
 }
 
@@ -266,6 +294,10 @@ fn build_match(
             })
         })
         .collect::<Result<_, _>>()?;
+    let chain = m.chain as usize;
+    if chain > counts.chains {
+        return Err(err("chain", format!("{chain} out of range")));
+    }
     Ok(RouteMatch {
         path,
         method,
@@ -273,6 +305,7 @@ fn build_match(
         query_params,
         rule,
         backend_identity,
+        chain,
     })
 }
 

@@ -103,6 +103,8 @@ pub struct RouteMatch {
     /// 1 + index of the client certificate of the Gateway this match came
     /// through (see `Cluster::tls_for`); 0 for none.
     pub backend_identity: usize,
+    /// 1 + index of its gatehouse.dev filter chain; 0 for none.
+    pub chain: usize,
 }
 
 impl RouteMatch {

@@ -27,6 +27,8 @@ pub use filters::{
     Scheme,
 };
 pub use gatehouse_snapshot::Snapshot;
+
+use crate::filters::{Chain, Filter};
 pub use host::{HostError, HostPattern, normalize_host};
 pub use matching::{PathMatch, RequestView, RouteMatch};
 pub use retry::RetryPolicy;
@@ -60,6 +62,9 @@ pub struct Table {
     port_keys: Box<[PortKey]>,
     rules: Box<[Rule]>,
     clusters: Box<[Cluster]>,
+    /// gatehouse.dev filters, and the chains over them.
+    filters: Box<[Arc<Filter>]>,
+    chains: Box<[Arc<Chain>]>,
 }
 
 #[derive(Debug)]
@@ -80,6 +85,9 @@ pub struct Listener {
     /// (suffix ".example.com", host), longest suffix first.
     wildcards: Box<[(Box<str>, VirtualHost)]>,
     any: Option<VirtualHost>,
+    /// 1 + chain index of the gateway-phase filters, for requests that
+    /// match no route; 0 for none.
+    chain: usize,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +109,8 @@ pub enum Lookup<'t> {
     NoPort,
     /// No listener of the port matches the host.
     NoListener,
-    NoRoute,
+    /// No route matched; the listener's gateway-phase filters still run.
+    NoRoute(Option<&'t Chain>),
     Rule(Found<'t>),
 }
 
@@ -111,6 +120,8 @@ pub struct Found<'t> {
     pub port: &'t Port,
     pub route_match: &'t RouteMatch,
     pub rule: &'t Rule,
+    /// The gatehouse.dev filters this request runs through.
+    pub chain: Option<&'t Chain>,
 }
 
 impl Table {
@@ -122,7 +133,21 @@ impl Table {
             port_keys: Box::default(),
             rules: Box::default(),
             clusters: Box::default(),
+            filters: Box::default(),
+            chains: Box::default(),
         }
+    }
+
+    /// Chain `1 + index`, or none for 0.
+    pub fn chain(&self, one_based: usize) -> Option<&Chain> {
+        one_based
+            .checked_sub(1)
+            .and_then(|i| self.chains.get(i))
+            .map(|c| &**c)
+    }
+
+    pub fn filters(&self) -> &[Arc<Filter>] {
+        &self.filters
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
@@ -166,8 +191,9 @@ impl Table {
                 port,
                 route_match,
                 rule: &self.rules[route_match.rule],
+                chain: self.chain(route_match.chain),
             }),
-            None => Lookup::NoRoute,
+            None => Lookup::NoRoute(self.chain(listener.chain)),
         }
     }
 }

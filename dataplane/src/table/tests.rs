@@ -71,6 +71,7 @@ fn snapshot(listeners: Vec<pb::Listener>, rules: usize) -> pb::Snapshot {
             .collect(),
         clusters: vec![],
         backend_identities: vec![],
+        ..Default::default()
     }
 }
 
@@ -110,6 +111,7 @@ fn route_of(table: &Table, req: &Req) -> String {
     };
     match table.lookup(&key(), &view) {
         Lookup::Rule(found) => found.rule.route.to_string(),
+        Lookup::NoRoute(_) => "NoRoute".into(),
         other => format!("{other:?}"),
     }
 }

@@ -187,7 +187,7 @@ pub fn snapshot(
         ports,
         rules,
         clusters,
-        backend_identities: vec![],
+        ..Default::default()
     };
     pb::seal(&mut s);
     s

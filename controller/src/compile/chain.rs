@@ -1,0 +1,302 @@
+//! Effective filter chains: which gatehouse.dev Filters run for a request,
+//! and in what order, resolved once here so that the request path only
+//! iterates.
+//!
+//! A rule's filters come from four levels, most specific first: the rule
+//! (ExtensionRefs, and targetRefs naming the route with the rule's
+//! `sectionName`), the route (targetRefs naming the HTTPRoute), the listener
+//! (targetRefs naming the Gateway with the listener's `sectionName`) and the
+//! Gateway. For each filter type, the most specific level that has one
+//! wins: its filters of that type run, the less specific ones of that type
+//! do not, for that rule, and their status says which Filter overrode them.
+//! Nothing is merged. Several filters of one type at one level all run.
+//!
+//! The chain is sorted by phase (see `Phase`), then `order`, then
+//! namespace and name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gatehouse_snapshot as pb;
+use gatehouse_snapshot::FilterPhase as Phase;
+
+use crate::api::filter::FilterType;
+use crate::compile::filter_objects::{FilterObjects, Target};
+use crate::compile::gateway::GatewayModel;
+use crate::compile::route::{RouteKind, RouteModel};
+
+/// Where a filter reached a rule from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Rule,
+    Route,
+    Listener,
+    Gateway,
+}
+
+impl Level {
+    fn gateway_scope(self) -> bool {
+        matches!(self, Level::Listener | Level::Gateway)
+    }
+}
+
+const TYPES: [FilterType; 5] = [
+    FilterType::RequestLimits,
+    FilterType::IpAccess,
+    FilterType::JwtAuth,
+    FilterType::RateLimit,
+    FilterType::StaticResponse,
+];
+
+/// The phase a filter of `kind` runs in when it reached the rule from `level`.
+pub fn phase(kind: FilterType, level: Level) -> Phase {
+    match kind {
+        FilterType::RequestLimits => Phase::RequestLimits,
+        FilterType::IpAccess => Phase::IpAccess,
+        FilterType::JwtAuth if level.gateway_scope() => Phase::GatewayAuthentication,
+        FilterType::JwtAuth => Phase::RouteAuthentication,
+        FilterType::RateLimit => Phase::RateLimit,
+        FilterType::StaticResponse => Phase::StaticResponse,
+    }
+}
+
+/// One resolved chain: (filter index, phase), in run order.
+pub type Steps = Vec<(usize, Phase)>;
+
+/// A Filter that did not run for a rule because a more specific one of the
+/// same type did.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Override {
+    pub overridden: usize,
+    pub by: usize,
+    /// "HTTPRoute ns/name rule section".
+    pub rule: String,
+}
+
+/// Resolves chains against one store's Filters.
+pub struct Chains<'m, 'a> {
+    filters: &'m FilterObjects<'a>,
+}
+
+impl<'m, 'a> Chains<'m, 'a> {
+    pub fn new(filters: &'m FilterObjects<'a>) -> Self {
+        Chains { filters }
+    }
+
+    /// The chain of rule `rule` of `route`, reached through listener
+    /// `listener` of `gateway`; overrides are appended to `overrides`.
+    pub fn for_rule(
+        &self,
+        gateway: &GatewayModel<'_>,
+        listener: &str,
+        route: &RouteModel<'_>,
+        rule: usize,
+        overrides: Option<&mut BTreeSet<Override>>,
+    ) -> Steps {
+        let extension_refs = &route.rules[rule].filters.extension_refs;
+        if self.filters.is_empty() && extension_refs.is_empty() {
+            return Steps::new();
+        }
+        let section = &route.rules[rule].section;
+        let mut rule_level: Vec<usize> = extension_refs.clone();
+        // Policies attach to HTTPRoutes only; a GRPCRoute's rules get the
+        // Gateway's filters and their own ExtensionRefs.
+        let route_level: Vec<usize> = if route.kind == RouteKind::Http {
+            rule_level.extend_from_slice(self.filters.targeting(&Target::Rule {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                section: section.clone(),
+            }));
+            self.filters
+                .targeting(&Target::Route {
+                    namespace: route.namespace.clone(),
+                    name: route.name.clone(),
+                })
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        let levels = [
+            (Level::Rule, rule_level),
+            (Level::Route, route_level),
+            (Level::Listener, self.listener_level(gateway, listener)),
+            (Level::Gateway, self.gateway_level(gateway)),
+        ];
+        let label = || {
+            format!(
+                "{} {}/{} rule {}",
+                route.kind.as_str(),
+                route.namespace,
+                route.name,
+                section
+            )
+        };
+        self.pick(
+            &levels,
+            overrides.map(|o| (&label as &dyn Fn() -> String, o)),
+        )
+    }
+
+    /// The gateway-phase filters of a listener, for requests that match no
+    /// route.
+    pub fn for_listener(&self, gateway: &GatewayModel<'_>, listener: &str) -> Steps {
+        if self.filters.is_empty() {
+            return Steps::new();
+        }
+        let levels = [
+            (Level::Listener, self.listener_level(gateway, listener)),
+            (Level::Gateway, self.gateway_level(gateway)),
+        ];
+        self.pick(&levels, None)
+            .into_iter()
+            .filter(|(_, phase)| {
+                matches!(
+                    phase,
+                    Phase::RequestLimits | Phase::IpAccess | Phase::GatewayAuthentication
+                )
+            })
+            .collect()
+    }
+
+    fn listener_level(&self, gateway: &GatewayModel<'_>, listener: &str) -> Vec<usize> {
+        self.filters
+            .targeting(&Target::Listener {
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+                section: listener.to_owned(),
+            })
+            .to_vec()
+    }
+
+    fn gateway_level(&self, gateway: &GatewayModel<'_>) -> Vec<usize> {
+        self.filters
+            .targeting(&Target::Gateway {
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+            })
+            .to_vec()
+    }
+
+    /// Per type, the filters of the most specific level that has one.
+    fn pick(
+        &self,
+        levels: &[(Level, Vec<usize>)],
+        mut overrides: Option<(&dyn Fn() -> String, &mut BTreeSet<Override>)>,
+    ) -> Steps {
+        let mut steps = Steps::new();
+        for kind in TYPES {
+            let mut winner: Option<usize> = None;
+            for (level, indices) in levels {
+                let of_kind = indices
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.filters.filters[i].kind == kind);
+                match winner {
+                    None => {
+                        for i in of_kind {
+                            winner.get_or_insert(i);
+                            if !steps.iter().any(|(s, _)| *s == i) {
+                                steps.push((i, phase(kind, *level)));
+                            }
+                        }
+                    }
+                    Some(by) => {
+                        if let Some((label, overrides)) = overrides.as_mut() {
+                            for overridden in of_kind {
+                                overrides.insert(Override {
+                                    overridden,
+                                    by,
+                                    rule: label(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let key = |&(i, phase): &(usize, Phase)| {
+            let f = &self.filters.filters[i];
+            (phase as i32, f.order, f.namespace.clone(), f.name.clone())
+        };
+        steps.sort_by_key(key);
+        steps
+    }
+}
+
+/// A snapshot's filters and chains, each stored once.
+#[derive(Debug, Default)]
+pub struct ChainTable {
+    filter_index: HashMap<usize, u32>,
+    pub filters: Vec<usize>,
+    chain_index: HashMap<Vec<(u32, i32)>, u32>,
+    pub chains: Vec<pb::Chain>,
+}
+
+impl ChainTable {
+    /// 1 + the chain's index, or 0 for an empty chain.
+    pub fn intern(&mut self, steps: &Steps) -> u32 {
+        if steps.is_empty() {
+            return 0;
+        }
+        let key: Vec<(u32, i32)> = steps
+            .iter()
+            .map(|&(filter, phase)| {
+                let next = self.filters.len() as u32;
+                let index = *self.filter_index.entry(filter).or_insert(next);
+                if index == next {
+                    self.filters.push(filter);
+                }
+                (index, phase as i32)
+            })
+            .collect();
+        let next = self.chains.len() as u32;
+        let index = *self.chain_index.entry(key.clone()).or_insert(next);
+        if index == next {
+            self.chains.push(pb::Chain {
+                steps: key
+                    .into_iter()
+                    .map(|(filter, phase)| pb::ChainStep { filter, phase })
+                    .collect(),
+            });
+        }
+        index + 1
+    }
+
+    /// The snapshot's filter list.
+    pub fn snapshot_filters(&self, objects: &FilterObjects<'_>) -> Vec<pb::GatehouseFilter> {
+        self.filters
+            .iter()
+            .map(|&i| objects.filters[i].to_snapshot())
+            .collect()
+    }
+}
+
+/// Per overridden Filter, a readable list of what overrode it where.
+pub fn override_messages(
+    overrides: &BTreeSet<Override>,
+    filters: &FilterObjects<'_>,
+) -> BTreeMap<usize, String> {
+    let mut by_filter: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for o in overrides {
+        let by = &filters.filters[o.by];
+        by_filter.entry(o.overridden).or_default().push(format!(
+            "Filter {}/{} for {}",
+            by.namespace, by.name, o.rule
+        ));
+    }
+    by_filter
+        .into_iter()
+        .map(|(i, mut places)| {
+            const SHOWN: usize = 5;
+            let more = places.len().saturating_sub(SHOWN);
+            places.truncate(SHOWN);
+            let mut message = format!(
+                "A more specific filter of the same type runs instead: {}",
+                places.join("; ")
+            );
+            if more > 0 {
+                message.push_str(&format!(" (and {more} more)"));
+            }
+            (i, message)
+        })
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! `jwtAuth`: a bearer token verified by `gatehouse_jwt`, its claims copied
+//! to request headers. Failures answer 401 with `WWW-Authenticate: Bearer`
+//! (RFC 6750 §3: no error code when no credentials came, `invalid_token`
+//! with a description when they were bad).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatehouse_jwt::{Claims, KeySet, Keys, RemoteJwks, Settings, Verifier};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use super::Local;
+
+#[derive(Debug)]
+pub struct JwtAuth {
+    verifier: Verifier,
+    required: bool,
+    claims_to_headers: Box<[(Box<str>, HeaderName)]>,
+    strip_authorization: bool,
+}
+
+impl JwtAuth {
+    /// `remote` gives the key set of an earlier table for the same URL and
+    /// options, so that a new snapshot does not refetch keys.
+    pub fn build(
+        spec: &gatehouse_snapshot::JwtAuth,
+        remote: impl FnOnce(&gatehouse_snapshot::RemoteJwks) -> Option<Arc<RemoteJwks>>,
+    ) -> Result<Self, String> {
+        use gatehouse_snapshot::jwt_auth::Jwks;
+        let algorithms = spec
+            .algorithms
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = Settings {
+            issuer: (!spec.issuer.is_empty()).then(|| spec.issuer.clone()),
+            audiences: spec.audiences.clone(),
+            algorithms,
+            clock_skew: Duration::from_millis(u64::from(spec.clock_skew_ms)),
+            require_expiration: spec.require_expiration,
+            max_token_bytes: spec.max_token_bytes as usize,
+        };
+        let keys = match &spec.jwks {
+            Some(Jwks::StaticJwks(jwks)) => {
+                Keys::Static(Arc::new(KeySet::from_jwks(jwks, spec.symmetric_keys)?))
+            }
+            Some(Jwks::RemoteJwks(r)) => Keys::Remote(remote(r).unwrap_or_else(|| {
+                let (refresh, timeout) = remote_timings(r);
+                RemoteJwks::new(r.url.clone(), refresh, timeout)
+            })),
+            None => return Err("no JWKS".into()),
+        };
+        let claims_to_headers = spec
+            .claims_to_headers
+            .iter()
+            .map(|c| {
+                HeaderName::from_bytes(c.header.as_bytes())
+                    .map(|h| (Box::from(c.claim.as_str()), h))
+                    .map_err(|_| format!("header name {:?} is invalid", c.header))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JwtAuth {
+            verifier: Verifier::new(settings, keys)?,
+            required: spec.required,
+            claims_to_headers,
+            strip_authorization: spec.strip_authorization,
+        })
+    }
+
+    /// The remote key set, for carrying over to the next table.
+    pub fn remote(&self) -> Option<&Arc<RemoteJwks>> {
+        match self.verifier.keys() {
+            Keys::Remote(remote) => Some(remote),
+            Keys::Static(_) => None,
+        }
+    }
+
+    /// Verifies the request's token and rewrites its headers. `Ok(None)`:
+    /// no token, and none is required.
+    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Claims>, Local> {
+        // Whatever happens next, a client never speaks for the gateway.
+        for (_, name) in self.claims_to_headers.iter() {
+            headers.remove(name);
+        }
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let (first, second) = (values.next(), values.next());
+        let token = match (first, second) {
+            (None, _) => None,
+            (Some(_), Some(_)) => return Err(invalid("more than one Authorization header")),
+            (Some(value), None) => match gatehouse_jwt::bearer_token(value.as_bytes()) {
+                Some(token) => Some(token),
+                None if value
+                    .as_bytes()
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")) =>
+                {
+                    return Err(invalid("malformed bearer token"));
+                }
+                // Another scheme (Basic, ...) is not ours to judge.
+                None => None,
+            },
+        };
+        let Some(token) = token else {
+            return if self.required {
+                Err(challenge(None))
+            } else {
+                Ok(None)
+            };
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = self
+            .verifier
+            .verify(token, now)
+            .await
+            .map_err(|rejection| invalid(rejection.description()))?;
+        for (claim, name) in self.claims_to_headers.iter() {
+            if let Some(value) = claims
+                .get(claim)
+                .and_then(|v| HeaderValue::try_from(v).ok())
+            {
+                headers.insert(name.clone(), value);
+            }
+        }
+        if self.strip_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        Ok(Some(claims))
+    }
+}
+
+/// Refresh interval and fetch timeout of a remote key set, floored so that
+/// a zero never turns into a busy loop.
+pub fn remote_timings(r: &gatehouse_snapshot::RemoteJwks) -> (Duration, Duration) {
+    (
+        Duration::from_millis(u64::from(r.refresh_ms.max(1000))),
+        Duration::from_millis(u64::from(r.timeout_ms.max(100))),
+    )
+}
+
+fn invalid(description: &str) -> Local {
+    challenge(Some(description))
+}
+
+fn challenge(error: Option<&str>) -> Local {
+    let value = match error {
+        None => "Bearer realm=\"gatehouse\"".to_owned(),
+        Some(description) => format!(
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"{description}\""
+        ),
+    };
+    let mut local = Local::text(StatusCode::UNAUTHORIZED, "unauthorized");
+    if let Ok(value) = HeaderValue::try_from(value) {
+        local.headers.push((header::WWW_AUTHENTICATE, value));
+    }
+    local
+}
