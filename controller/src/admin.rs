@@ -13,6 +13,8 @@
 //!   controller would write it in Kubernetes.
 //! - `GET /debug/snapshots`: the current snapshot of every group.
 //! - `GET /debug/nodes`: what each data plane has applied or rejected.
+//! - `GET /debug/chains`: per group, listener and route rule, the
+//!   gatehouse.dev filters a request runs through, in order.
 
 use std::sync::{Arc, RwLock};
 
@@ -47,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/status", get(debug_status))
         .route("/debug/snapshots", get(debug_snapshots))
         .route("/debug/nodes", get(debug_nodes))
+        .route("/debug/chains", get(debug_chains))
         .with_state(state)
 }
 
@@ -151,6 +154,11 @@ async fn debug_snapshots(State(state): State<AdminState>) -> Json<Value> {
     let plain: std::collections::BTreeMap<&String, &gatehouse_snapshot::Snapshot> =
         snapshots.iter().map(|(group, s)| (group, &**s)).collect();
     Json(gatehouse_snapshot::debug_json(&plain))
+}
+
+async fn debug_chains(State(state): State<AdminState>) -> Json<Value> {
+    let snapshots = state.view.read().expect("view lock").snapshots.clone();
+    Json(crate::explain::chains(&snapshots))
 }
 
 async fn debug_nodes(State(state): State<AdminState>) -> Json<Value> {

@@ -31,6 +31,18 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Tell, offline, what a request meets: listener, route rule and
+    /// gatehouse.dev filter chain, compiled from a directory of manifests.
+    Explain {
+        #[arg(long)]
+        dir: PathBuf,
+        /// "METHOD URL", e.g. 'GET https://shop.example.com/cart'.
+        #[arg(long)]
+        request: String,
+        /// A request header, "Name: value"; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
     /// Write the CRDs of Gatehouse's own resources into a directory.
     Crds {
         #[arg(long, default_value = "crds")]
@@ -49,6 +61,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Standalone(args) => standalone::run(args).await,
         Command::Compile { dir } => print_compiled(dir),
         Command::Crds { out } => write_crds(out),
+        Command::Explain {
+            dir,
+            request,
+            headers,
+        } => explain(dir, &request, &headers),
     }
 }
 
@@ -72,5 +89,21 @@ fn write_crds(out: PathBuf) -> anyhow::Result<()> {
         std::fs::write(&path, yaml)?;
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn explain(dir: PathBuf, request: &str, headers: &[String]) -> anyhow::Result<()> {
+    let question = gatehouse_controller::explain::Question::parse(request, headers)?;
+    let store = DirSource::new(dir).scan(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)?;
+    let compiled = compile(&store, &CompileOptions::default());
+    let snapshots = compiled
+        .snapshots
+        .into_iter()
+        .map(|(group, s)| (group, std::sync::Arc::new(s)))
+        .collect();
+    print!(
+        "{}",
+        gatehouse_controller::explain::explain(&snapshots, &question)
+    );
     Ok(())
 }

@@ -289,10 +289,17 @@ fn default_install_renders_controller_one_group_and_gateway_class() {
         "{}",
         rendered.notes
     );
-    let crd_names: Vec<&str> = rendered
+    let crd_names: Vec<String> = rendered
         .crds
         .iter()
-        .filter_map(|c| c["metadata"]["name"].as_str())
+        .map(|c| {
+            let crd: Value =
+                serde_yaml::from_str(c["data"].as_str().expect("CRD text")).expect("CRD YAML");
+            crd["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert_eq!(crd_names, ["filters.gatehouse.dev"]);
 }
@@ -513,6 +520,17 @@ fn rbac_grants_the_listed_permissions_only() {
                 &["update", "patch"]
             ),
             rule(&["gateway.networking.k8s.io"], &["gateways"], &["patch"]),
+            rule(&["gatehouse.dev"], &["filters"], &read),
+            rule(
+                &["gatehouse.dev"],
+                &["filters/status"],
+                &["update", "patch"]
+            ),
+            rule(
+                &["apiextensions.k8s.io"],
+                &["customresourcedefinitions"],
+                &["get"]
+            ),
             rule(
                 &[""],
                 &["services", "secrets", "configmaps", "namespaces"],
@@ -521,6 +539,18 @@ fn rbac_grants_the_listed_permissions_only() {
             rule(&["discovery.k8s.io"], &["endpointslices"], &read),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         ]
+    );
+    let crd_rule = rendered.get("ClusterRole", "gatehouse-controller")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["apiGroups"][0] == "apiextensions.k8s.io")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        crd_rule["resourceNames"],
+        json!(["filters.gatehouse.dev"]),
+        "only our own CRD can be read"
     );
     let role = rendered.get("Role", "gatehouse-controller");
     assert_eq!(role["metadata"]["namespace"], "gatehouse-system");

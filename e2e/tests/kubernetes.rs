@@ -571,3 +571,112 @@ async fn a_rejection_seen_by_a_replica_that_does_not_lead_reaches_the_gateway_st
         "the leader wrote it"
     );
 }
+
+/// Our CRDs, from the repository's `crds/`, installed as the chart does.
+fn apply_our_crds(kube: &KubeLite) {
+    kube.apply_file(&gatehouse_e2e::kube_lite::repo_root().join("crds"))
+        .expect("gatehouse.dev CRDs");
+    kube.wait_crds_established(Duration::from_secs(60))
+        .expect("CRDs established");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatehouse_filters_are_checked_by_the_api_server_and_applied_with_status() {
+    let (kube, _echo) = started();
+    apply_our_crds(&kube);
+    // The CRD's CEL rules refuse obvious mistakes before any controller
+    // sees them: two filters in one object, a type naming another field, a
+    // targetRef outside the Gateway API group.
+    for (bad, expected) in [
+        (
+            "type: StaticResponse\n  staticResponse: {statusCode: 200}\n  rateLimit: {requests: 1, period: 1s}",
+            "exactly one of",
+        ),
+        (
+            "type: RateLimit\n  staticResponse: {statusCode: 200}",
+            "type must name",
+        ),
+        (
+            "type: StaticResponse\n  targetRefs: [{group: apps, kind: Deployment, name: x}]\n  staticResponse: {statusCode: 200}",
+            "kind must be Gateway or HTTPRoute",
+        ),
+        (
+            "type: RateLimit\n  rateLimit: {requests: 1, period: 1s, key: {type: Header}}",
+            "name is required",
+        ),
+    ] {
+        let manifest = format!(
+            "apiVersion: gatehouse.dev/v1alpha1\nkind: Filter\nmetadata: {{name: bad, namespace: default}}\nspec:\n  {bad}\n"
+        );
+        let error = kube
+            .apply_str(&manifest)
+            .expect_err("the API server refuses an invalid Filter");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    kube.apply_str(
+        r#"
+apiVersion: gatehouse.dev/v1alpha1
+kind: Filter
+metadata: {name: teapot, namespace: default}
+spec:
+  type: StaticResponse
+  staticResponse: {statusCode: 418, body: "short and stout"}
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Filter
+metadata: {name: gateway-deny, namespace: default}
+spec:
+  type: IPAccess
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  ipAccess: {deny: ["192.0.2.0/24"]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: tea, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [tea.test]
+  rules:
+  - filters:
+    - type: ExtensionRef
+      extensionRef: {group: gatehouse.dev, kind: Filter, name: teapot}
+"#,
+    )
+    .expect("valid filters and a route using one");
+    let address = unique_loopback();
+    let c = controller(&kube, "only", address);
+    let _dp = dataplane(c.grpc, "dp-1");
+
+    let client = HttpClient::new();
+    let url = format!("http://{address}:{}/", 80 + PORT_OFFSET);
+    let reply = eventually(Duration::from_secs(30), || async {
+        let reply = client.get(&url, Some("tea.test")).await?;
+        anyhow::ensure!(reply.status == 418, "status {}", reply.status);
+        Ok(reply)
+    })
+    .await;
+    assert_eq!(reply.text(), "short and stout");
+
+    let filter = eventually(Duration::from_secs(30), || async {
+        let f = kube.get_json(&["filter", "gateway-deny", "--namespace", "default"])?;
+        anyhow::ensure!(
+            state(&f["status"]["conditions"], "Accepted")
+                == Some(("True".into(), "Accepted".into(), 1)),
+            "not accepted yet: {}",
+            f["status"]
+        );
+        Ok(f)
+    })
+    .await;
+    let ancestor = &filter["status"]["ancestors"][0];
+    assert_eq!(ancestor["ancestorRef"]["kind"], "Gateway", "{ancestor}");
+    assert_eq!(ancestor["ancestorRef"]["name"], "gw");
+    assert_eq!(
+        ancestor["controllerName"],
+        "gatehouse.dev/gateway-controller"
+    );
+    assert_eq!(
+        state(&ancestor["conditions"], "Accepted").map(|s| s.0),
+        Some("True".into())
+    );
+}

@@ -13,6 +13,10 @@ pub const GROUP: &str = "gatehouse.dev";
 /// The apiVersion of our resources.
 pub const API_VERSION: &str = "gatehouse.dev/v1alpha1";
 
+/// Label a Secret holding a JWKS for a jwtAuth filter must carry in
+/// Kubernetes mode: the controller watches only TLS Secrets and these.
+pub const JWKS_SECRET_LABEL: &str = "gatehouse.dev/jwks";
+
 /// Every CRD we ship, as (file name, YAML).
 pub fn crds() -> Vec<(String, String)> {
     let crd = Filter::crd();

@@ -456,8 +456,9 @@ fn jwt_auth(store: &Store, namespace: &str, spec: &JwtAuth) -> Result<pb::JwtAut
             })
             .ok_or_else(|| {
                 format!(
-                    "{field}.jwks.secretRef: Secret {namespace}/{} not found",
-                    secret_ref.name
+                    "{field}.jwks.secretRef: Secret {namespace}/{} not found (in a cluster it must carry the label {})",
+                    secret_ref.name,
+                    crate::api::JWKS_SECRET_LABEL
                 )
             })?;
         let bytes = secret_value(secret, key).ok_or_else(|| {

@@ -85,7 +85,7 @@ const BURST_QUIET: Duration = Duration::from_millis(50);
 const BURST_CAP: Duration = Duration::from_millis(500);
 
 /// The kinds watched, each listed before the first compile.
-const WATCHED: [Kind; 11] = [
+const WATCHED: [Kind; 12] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
@@ -97,6 +97,7 @@ const WATCHED: [Kind; 11] = [
     Kind::Secret,
     Kind::ConfigMap,
     Kind::BackendTlsPolicy,
+    Kind::Filter,
 ];
 
 /// Runs until SIGTERM or SIGINT.
@@ -300,19 +301,44 @@ fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
         |o| Object::Namespace(Box::new(o)),
         tx.clone(),
     );
-    // Only TLS Secrets can be listener certificates: no other Secret is
-    // ever read or held in memory.
-    watch::spawn::<Secret>(
+    // TLS Secrets (certificates) and Secrets labelled as JWKS for jwtAuth
+    // filters: no other Secret is held in memory.
+    watch::spawn_kept::<Secret>(
         client.clone(),
         Kind::Secret,
         all(),
-        Some(watch::Filter {
-            fields: "type=kubernetes.io/tls",
-            keep: |s: &Secret| s.type_.as_deref() == Some("kubernetes.io/tls"),
-        }),
+        |s: &Secret| {
+            s.type_.as_deref() == Some("kubernetes.io/tls")
+                || s.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(crate::api::JWKS_SECRET_LABEL))
+        },
         |o| Object::Secret(Box::new(o)),
         tx.clone(),
     );
+    // Our own kinds: watched once their CRDs are served (a cluster
+    // without them cannot hold any, so compiling need not wait for them).
+    let (crd_client, crd_changes) = (client.clone(), tx.clone());
+    tokio::spawn(async move {
+        if watch::wait_for_crd(
+            &crd_client,
+            "filters.gatehouse.dev",
+            Kind::Filter,
+            &crd_changes,
+        )
+        .await
+        {
+            watch::spawn::<crate::api::Filter>(
+                crd_client,
+                Kind::Filter,
+                all(),
+                None,
+                |o| Object::Filter(Box::new(o)),
+                crd_changes,
+            );
+        }
+    });
 }
 
 struct Loop {

@@ -167,6 +167,9 @@ impl StatusWriter {
             "BackendTLSPolicy" => {
                 write::<BackendTlsPolicy>(namespaced(&self.client, ns), entry, true).await
             }
+            "Filter" => {
+                write::<crate::api::Filter>(namespaced(&self.client, ns), entry, false).await
+            }
             other => {
                 debug!(kind = other, "no status writer for this kind");
                 return true;

@@ -59,6 +59,75 @@ pub fn spawn<K>(
     });
 }
 
+/// Watches every object of `K` and keeps those `keep` accepts, when no
+/// server-side selector can say which (e.g. one of two Secret types or a
+/// label).
+pub fn spawn_kept<K>(
+    client: Client,
+    kind: Kind,
+    config: watcher::Config,
+    keep: fn(&K) -> bool,
+    wrap: fn(K) -> Object,
+    changes: mpsc::UnboundedSender<Change>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let api: Api<K> = Api::all(client);
+        run(&api, kind, config, Some(keep), wrap, &changes).await;
+    });
+}
+
+/// Waits until the CRD `crd` is installed and Established. Until then
+/// `kind` counts as listed and empty: no object of it can exist. False
+/// when the loop is gone.
+pub async fn wait_for_crd(
+    client: &Client,
+    crd: &str,
+    kind: Kind,
+    changes: &mpsc::UnboundedSender<Change>,
+) -> bool {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut told = false;
+    loop {
+        match api.get_opt(crd).await {
+            Ok(Some(found)) if is_established(&found) => return true,
+            Ok(found) => {
+                if !told {
+                    let state = if found.is_some() {
+                        "not established yet"
+                    } else {
+                        "not installed"
+                    };
+                    warn!(%kind, crd, state, "CRD not served; checking again every 5 s");
+                    told = true;
+                    if changes.send(Change::Listed(kind, Vec::new())).is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(error) => warn!(%kind, crd, %error, "reading the CRD failed; retrying"),
+        }
+        if changes.is_closed() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
+fn is_established(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}
+
 /// Runs one watch. False when the loop is gone; true when the API server
 /// rejected the first list as a bad request (an unsupported selector).
 async fn run<K>(

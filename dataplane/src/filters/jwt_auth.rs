@@ -89,10 +89,13 @@ impl JwtAuth {
             (Some(_), Some(_)) => return Err(invalid("more than one Authorization header")),
             (Some(value), None) => match gatehouse_jwt::bearer_token(value.as_bytes()) {
                 Some(token) => Some(token),
+                // Anything that starts like the Bearer scheme is judged as
+                // a bearer token: "Bearer<TAB>junk" must not pass for some
+                // other scheme an optional filter lets through unverified.
                 None if value
                     .as_bytes()
-                    .get(..7)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")) =>
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer")) =>
                 {
                     return Err(invalid("malformed bearer token"));
                 }

@@ -223,7 +223,40 @@ impl Dataplane {
                 body_too_large = Some(client_body.limit(max));
             }
         }
-        let mut request = request.map(|()| RequestBody::Client(client_body));
+        let request = request.map(|()| RequestBody::Client(client_body));
+        let result = self
+            .routed(table, found, conn, request, cors)
+            .await
+            .or_else(|error| match &body_too_large {
+                Some(exceeded) if exceeded.load(Ordering::Acquire) => {
+                    let local =
+                        Local::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                    Ok(local_response(local, grpc))
+                }
+                _ => Err(error),
+            });
+        if passed.response_headers.is_empty() {
+            return result;
+        }
+        // Rate-limit headers belong on every answer the limit let through,
+        // the gateway's own (a redirect, a 503) as much as the backend's.
+        let mut response = result.unwrap_or_else(|error| error.response_for(grpc));
+        for (name, value) in passed.response_headers {
+            response.headers_mut().insert(name, value);
+        }
+        Ok(response)
+    }
+
+    /// The rule's Gateway API filters around `forward` (and its retries).
+    async fn routed(
+        self: &Arc<Self>,
+        table: &Table,
+        found: Found<'_>,
+        conn: &Connection,
+        mut request: Request<RequestBody>,
+        cors: Option<Vec<(http::HeaderName, HeaderValue)>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let filters = found.rule.filters.as_deref();
         if let Some(filters) = filters {
             if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
                 return Ok(response);
@@ -231,26 +264,14 @@ impl Dataplane {
             let identity = found.route_match.backend_identity;
             request = self.mirror(table, &filters.mirrors, conn, identity, request);
         }
-        let forwarded = self.forward_with_retries(table, found, conn, request).await;
-        let mut response = match forwarded {
-            Err(_)
-                if body_too_large
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Acquire)) =>
-            {
-                let local = Local::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                local_response(local, grpc)
-            }
-            other => other?,
-        };
+        let mut response = self
+            .forward_with_retries(table, found, conn, request)
+            .await?;
         if let Some(modifier) = filters.and_then(|f| f.response_headers.as_ref()) {
             modifier.apply(response.headers_mut());
         }
         if let Some(headers) = cors {
             filters::add_cors(response.headers_mut(), headers);
-        }
-        for (name, value) in passed.response_headers {
-            response.headers_mut().insert(name, value);
         }
         Ok(response)
     }
