@@ -1295,3 +1295,73 @@ async fn a_filter_targeting_the_gateway_guards_every_route() {
         .unwrap_or_else(|| panic!("no Accepted in {status}"));
     assert_eq!(accepted["status"], "True", "{status}");
 }
+
+/// A Gateway's jwtAuth runs before routing: routes match on the claim
+/// headers it writes, and a client's own copy of such a header never picks
+/// a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_on_the_claims_a_gateway_filter_verified() {
+    let key = Signer::es256();
+    let gold = Echo::start("gold");
+    let basic = Echo::start("basic");
+    let mut object: Value = serde_json::from_str(&filter(
+        "jwt",
+        inline_auth(&jwks(&[key.jwk("k1")]), json!({"required": false})),
+    ))
+    .unwrap();
+    object["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    ]);
+    let rules = r#"  - matches: [{headers: [{name: x-role, value: gold}]}]
+    backendRefs: [{name: gold, port: 80}]
+  - backendRefs: [{name: basic, port: 80}]
+"#;
+    let docs = [
+        manifests::gateway(),
+        manifests::service("default", "gold", &[gold.port()]),
+        manifests::service("default", "basic", &[basic.port()]),
+        manifests::route_with_rules("tiers", HOST, rules),
+        object.to_string(),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("\n---\n"))]).await;
+
+    let gold_claims = with(claims("alice"), "realm", json!({"role": "gold"}));
+    let reply = with_token(&gw, "/", &key.token(Some("k1"), &gold_claims)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.backend(),
+        Some("gold"),
+        "the verified role picks the route"
+    );
+    assert_eq!(seen(&reply, "x-role"), ["gold"]);
+
+    let reply = with_token(&gw, "/", &key.token(Some("k1"), &claims("bob"))).await;
+    assert_eq!(reply.backend(), Some("basic"), "role reader");
+
+    // No token (allowed: required is false) but a spoofed role header: the
+    // filter removes it before the route is chosen.
+    let reply = send(&gw, "/", &[("x-role", "gold")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.backend(),
+        Some("basic"),
+        "a spoofed claim header picks nothing"
+    );
+    assert!(seen(&reply, "x-role").is_empty());
+
+    // A valid token for "reader" plus a spoofed gold header: still basic.
+    let reply = send(
+        &gw,
+        "/",
+        &[
+            (
+                "authorization",
+                &format!("Bearer {}", key.token(Some("k1"), &claims("carol"))),
+            ),
+            ("x-role", "gold"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.backend(), Some("basic"));
+    assert_eq!(seen(&reply, "x-role"), ["reader"]);
+}

@@ -67,6 +67,11 @@ impl JwtAuth {
         })
     }
 
+    /// Whether it copies claims to request headers.
+    pub fn writes_headers(&self) -> bool {
+        !self.claims_to_headers.is_empty()
+    }
+
     /// The remote key set, for carrying over to the next table.
     pub fn remote(&self) -> Option<&Arc<RemoteJwks>> {
         match self.verifier.keys() {

@@ -62,6 +62,10 @@ pub struct RateLimit {
 #[derive(Debug)]
 pub struct Chain {
     pub steps: Box<[Step]>,
+    /// A gateway-phase jwtAuth writes claims to headers: route matching
+    /// must see them, so the route is looked up again after the gateway
+    /// phases (see `run_gateway_phases`).
+    pub routes_on_claims: bool,
 }
 
 #[derive(Debug)]
@@ -91,13 +95,27 @@ impl Local {
     }
 }
 
-/// What a request that passed its chain carries on.
+/// What a request that passed (part of) its chain carries on.
 #[derive(Debug, Default)]
 pub struct Passed {
     /// Added to the response (rate-limit headers).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The body must not exceed this many bytes (413).
     pub body_limit: Option<u64>,
+    /// The claims of the token a jwtAuth verified.
+    pub claims: Option<gatehouse_jwt::Claims>,
+    /// Filters already run (the gateway phases, before a second route
+    /// lookup): not run again.
+    pub ran: Vec<Arc<Filter>>,
+}
+
+impl Step {
+    fn is_gateway_phase(&self) -> bool {
+        matches!(
+            self.phase,
+            FilterPhase::RequestLimits | FilterPhase::IpAccess | FilterPhase::GatewayAuthentication
+        )
+    }
 }
 
 /// Facts about a request a filter may use besides its headers.
@@ -115,10 +133,48 @@ impl Chain {
         &self,
         facts: RequestFacts<'_>,
         headers: &mut HeaderMap,
+        passed: Passed,
     ) -> Result<Passed, Local> {
-        let mut passed = Passed::default();
-        let mut claims = None;
+        self.run_steps(facts, headers, passed, false).await
+    }
+
+    /// Runs only the gateway phases (request limits, IP access, Gateway
+    /// authentication): what must happen before routing when routing
+    /// depends on what they write. The result goes to `run` of the chain of
+    /// the route then found, which skips the filters already run.
+    pub async fn run_gateway_phases(
+        &self,
+        facts: RequestFacts<'_>,
+        headers: &mut HeaderMap,
+    ) -> Result<Passed, Local> {
+        self.run_steps(facts, headers, Passed::default(), true)
+            .await
+            .map(|mut passed| {
+                passed.ran = self
+                    .steps
+                    .iter()
+                    .filter(|s| s.is_gateway_phase())
+                    .map(|s| Arc::clone(&s.filter))
+                    .collect();
+                passed
+            })
+    }
+
+    async fn run_steps(
+        &self,
+        facts: RequestFacts<'_>,
+        headers: &mut HeaderMap,
+        mut passed: Passed,
+        gateway_phases_only: bool,
+    ) -> Result<Passed, Local> {
+        let mut claims = passed.claims.take();
         for step in self.steps.iter() {
+            if gateway_phases_only && !step.is_gateway_phase() {
+                break;
+            }
+            if passed.ran.iter().any(|f| Arc::ptr_eq(f, &step.filter)) {
+                continue;
+            }
             let filter = &*step.filter;
             match &filter.kind {
                 Kind::RequestLimits(limits) => {
@@ -193,6 +249,7 @@ impl Chain {
                 }
             }
         }
+        passed.claims = claims;
         Ok(passed)
     }
 }
@@ -349,8 +406,15 @@ pub fn build_chains(
                         phase,
                     })
                 })
-                .collect::<Result<_, _>>()?;
-            Ok(Arc::new(Chain { steps }))
+                .collect::<Result<Box<[Step]>, _>>()?;
+            let routes_on_claims = steps.iter().any(|s| {
+                s.phase == FilterPhase::GatewayAuthentication
+                    && matches!(&s.filter.kind, Kind::JwtAuth(auth) if auth.writes_headers())
+            });
+            Ok(Arc::new(Chain {
+                steps,
+                routes_on_claims,
+            }))
         })
         .collect()
 }

@@ -130,11 +130,39 @@ impl Dataplane {
         let started = Instant::now();
         let table = self.table.load_full();
         let grpc = is_grpc(&request);
-        let found = find_route(&table, &conn, &request);
+        let mut request = request;
+        let mut found = find_route(&table, &conn, &request);
+        let mut early = Passed::default();
+        // Claims a Gateway's jwtAuth writes to headers are part of what
+        // routes match on: the gateway phases run first, then the route is
+        // looked up again on the verified headers.
+        if let Ok(first) = found
+            && let Some(chain) = first.chain.filter(|c| c.routes_on_claims)
+            && preflight_method(&request).is_none()
+        {
+            let facts = RequestFacts {
+                peer: conn.client.ip(),
+                rule: &first.rule.object,
+            };
+            match chain.run_gateway_phases(facts, request.headers_mut()).await {
+                Ok(passed) => {
+                    early = passed;
+                    found = find_route(&table, &conn, &request);
+                }
+                Err(local) => {
+                    let response = local_response(local, grpc);
+                    first
+                        .rule
+                        .stats
+                        .record(response.status().as_u16(), started.elapsed());
+                    return Ok(response);
+                }
+            }
+        }
         let (stats, result) = match found {
             Ok(found) => (
                 &found.rule.stats,
-                self.serve(&table, found, &conn, request).await,
+                self.serve(&table, found, &conn, request, early).await,
             ),
             Err((error, Some(chain))) => (
                 self.stats.no_route(),
@@ -158,17 +186,19 @@ impl Dataplane {
         found: Found<'_>,
         conn: &Connection,
         request: Request<Incoming>,
+        early: Passed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let rule = found.rule;
         if rule.filters.is_none()
             && rule.request_timeout.is_none()
             && rule.retry.is_none()
             && found.chain.is_none()
+            && early.ran.is_empty()
         {
             let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
             return self.forward(table, found, conn, request, 0).await;
         }
-        let filtered = Box::pin(self.filtered(table, found, conn, request));
+        let filtered = Box::pin(self.filtered(table, found, conn, request, early));
         match rule.request_timeout {
             None => filtered.await,
             // Dropping the future on expiry cancels the upstream request.
@@ -185,6 +215,7 @@ impl Dataplane {
         found: Found<'_>,
         conn: &Connection,
         request: Request<Incoming>,
+        early: Passed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let filters = found.rule.filters.as_deref();
         let grpc = is_grpc(&request);
@@ -202,14 +233,13 @@ impl Dataplane {
                 CorsDecision::NotCors => {}
             }
         }
-        let mut passed = Passed::default();
-        let mut body_too_large = None;
+        let mut passed = early;
         if let Some(chain) = found.chain {
             let facts = RequestFacts {
                 peer: conn.client.ip(),
                 rule: &found.rule.object,
             };
-            match chain.run(facts, request.headers_mut()).await {
+            match chain.run(facts, request.headers_mut(), passed).await {
                 Ok(ok) => passed = ok,
                 Err(local) => {
                     let mut response = local_response(local, grpc);
@@ -219,10 +249,8 @@ impl Dataplane {
                     return Ok(response);
                 }
             }
-            if let Some(max) = passed.body_limit {
-                body_too_large = Some(client_body.limit(max));
-            }
         }
+        let body_too_large = passed.body_limit.map(|max| client_body.limit(max));
         let request = request.map(|()| RequestBody::Client(client_body));
         let result = self
             .routed(table, found, conn, request, cors)
@@ -595,7 +623,7 @@ async fn unrouted(
         peer: conn.client.ip(),
         rule: "",
     };
-    match chain.run(facts, request.headers_mut()).await {
+    match chain.run(facts, request.headers_mut(), Passed::default()).await {
         Ok(_) => Err(error),
         Err(local) => Ok(local_response(local, grpc)),
     }
