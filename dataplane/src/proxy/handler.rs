@@ -623,7 +623,10 @@ async fn unrouted(
         peer: conn.client.ip(),
         rule: "",
     };
-    match chain.run(facts, request.headers_mut(), Passed::default()).await {
+    match chain
+        .run(facts, request.headers_mut(), Passed::default())
+        .await
+    {
         Ok(_) => Err(error),
         Err(local) => Ok(local_response(local, grpc)),
     }
