@@ -101,11 +101,12 @@ fn filter_type(filter: &pb::GatehouseFilter) -> &'static str {
     }
 }
 
+/// The data plane's spelling of an origin, so that `/debug/chains`, the
+/// `explain` command and the data plane's logs name objects alike.
 fn origin_text(origin: Option<&pb::Origin>) -> String {
     match origin {
         None => String::new(),
-        Some(o) if o.section.is_empty() => format!("{} {}/{}", o.kind, o.namespace, o.name),
-        Some(o) => format!("{} {}/{} {}", o.kind, o.namespace, o.name, o.section),
+        some => gatehouse_dataplane::table::describe(some),
     }
 }
 

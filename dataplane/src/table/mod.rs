@@ -21,7 +21,7 @@ mod upstream_tls;
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 pub use backend::{Backend, Cluster, Endpoint, InFlight, Rule, Target};
-pub use error::BuildError;
+pub use error::{BuildError, describe};
 pub use filters::{
     CorsDecision, Filters, HeaderModifier, Mirror, PathRewrite, Redirect, RedirectRequest, Rewrite,
     Scheme,
