@@ -1365,3 +1365,29 @@ async fn routes_match_on_the_claims_a_gateway_filter_verified() {
     assert_eq!(reply.backend(), Some("basic"));
     assert_eq!(seen(&reply, "x-role"), ["reader"]);
 }
+
+/// The data plane remembers tokens it verified, but never past their own
+/// expiry: the same token, accepted while valid, is refused once it has
+/// expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_token_is_refused_once_it_expires() {
+    let key = Signer::es256();
+    let auth = inline_auth(&jwks(&[key.jwk("k1")]), json!({"clockSkew": "0s"}));
+    let (gw, _echo) = start(&[("/", "jwt")], &[filter("jwt", auth)]).await;
+    let expires = now() + 2;
+    let token = key.token(Some("k1"), &with(claims("alice"), "exp", json!(expires)));
+    for _ in 0..3 {
+        assert_ok(
+            &with_token(&gw, "/", &token).await,
+            "valid, maybe remembered",
+        );
+    }
+    while now() <= expires {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_invalid(
+        &with_token(&gw, "/", &token).await,
+        Some("token expired"),
+        "expired after being remembered",
+    );
+}

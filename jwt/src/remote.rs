@@ -64,6 +64,9 @@ pub struct RemoteJwks {
     /// or `u64::MAX` when there has been none.
     last_early_ms: AtomicU64,
     last_error: ArcSwapOption<String>,
+    /// Bumped after each key set is installed, so that a cache of verified
+    /// tokens can tell its entries were checked against older keys.
+    generation: AtomicU64,
 }
 
 impl RemoteJwks {
@@ -87,7 +90,13 @@ impl RemoteJwks {
             clock_origin: Instant::now(),
             last_early_ms: AtomicU64::new(u64::MAX),
             last_error: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Changes whenever a fetched key set replaces the current one.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn url(&self) -> &str {
@@ -189,6 +198,7 @@ impl RemoteJwks {
             Ok(set) => {
                 tracing::debug!(url = %self.url, keys = set.len(), "fetched JWKS");
                 self.keys.store(Some(Arc::new(set)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 self.last_error.store(None);
             }
             Err(error) => {

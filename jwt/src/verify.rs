@@ -78,6 +78,15 @@ impl Verifier {
         &self.keys
     }
 
+    /// Changes whenever the keys tokens are checked against change (a
+    /// remote set was refetched); constant for static keys.
+    pub fn keys_generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Static(_) => 0,
+            Keys::Remote(remote) => remote.generation(),
+        }
+    }
+
     /// Verifies a compact JWS and returns its claims.
     ///
     /// `now` is seconds since the Unix epoch, passed in so that one clock

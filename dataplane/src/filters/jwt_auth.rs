@@ -17,6 +17,51 @@ pub struct JwtAuth {
     required: bool,
     claims_to_headers: Box<[(Box<str>, HeaderName)]>,
     strip_authorization: bool,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims were verified, by SHA-256 of the
+/// token, so that a client sending the same token again costs a hash and a
+/// lookup instead of a signature check. An entry is used only while the
+/// token's own time limits still hold and only against the keys it was
+/// checked with; a full cache takes no new entries until expired ones are
+/// swept out.
+#[derive(Debug, Default)]
+struct VerifiedTokens {
+    entries: papaya::HashMap<[u8; 32], Verified>,
+}
+
+#[derive(Debug)]
+struct Verified {
+    claims: Arc<Claims>,
+    /// `exp` + skew, or never.
+    until: u64,
+    /// `nbf` - skew, or 0.
+    from: u64,
+    keys_generation: u64,
+}
+
+const MAX_VERIFIED_TOKENS: usize = 10_000;
+const MAX_VERIFIED_SECONDS: u64 = 300;
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32], now: u64, keys_generation: u64) -> Option<Arc<Claims>> {
+        let entries = self.entries.pin();
+        let hit = entries.get(digest)?;
+        (hit.keys_generation == keys_generation && hit.from <= now && now <= hit.until)
+            .then(|| Arc::clone(&hit.claims))
+    }
+
+    fn insert(&self, digest: [u8; 32], verified: Verified, now: u64) {
+        let entries = self.entries.pin();
+        if entries.len() >= MAX_VERIFIED_TOKENS {
+            entries.retain(|_, v| v.until >= now);
+            if entries.len() >= MAX_VERIFIED_TOKENS {
+                return;
+            }
+        }
+        entries.insert(digest, verified);
+    }
 }
 
 impl JwtAuth {
@@ -64,6 +109,7 @@ impl JwtAuth {
             required: spec.required,
             claims_to_headers,
             strip_authorization: spec.strip_authorization,
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -82,7 +128,7 @@ impl JwtAuth {
 
     /// Verifies the request's token and rewrites its headers. `Ok(None)`:
     /// no token, and none is required.
-    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Claims>, Local> {
+    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Arc<Claims>>, Local> {
         // Whatever happens next, a client never speaks for the gateway.
         for (_, name) in self.claims_to_headers.iter() {
             headers.remove(name);
@@ -118,11 +164,7 @@ impl JwtAuth {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let claims = self
-            .verifier
-            .verify(token, now)
-            .await
-            .map_err(|rejection| invalid(rejection.description()))?;
+        let claims = self.verify(token, now).await?;
         for (claim, name) in self.claims_to_headers.iter() {
             if let Some(value) = claims
                 .get(claim)
@@ -145,6 +187,41 @@ pub fn remote_timings(r: &gatehouse_snapshot::RemoteJwks) -> (Duration, Duration
         Duration::from_millis(u64::from(r.refresh_ms.max(1000))),
         Duration::from_millis(u64::from(r.timeout_ms.max(100))),
     )
+}
+
+impl JwtAuth {
+    async fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, Local> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let generation = self.verifier.keys_generation();
+        if let Some(claims) = self.verified.get(&digest, now, generation) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(
+            self.verifier
+                .verify(token, now)
+                .await
+                .map_err(|rejection| invalid(rejection.description()))?,
+        );
+        let skew = self.verifier.settings().clock_skew.as_secs();
+        let time = |name: &str| {
+            let value = claims.value(name)?;
+            value.as_u64().or_else(|| value.as_f64().map(|f| f as u64))
+        };
+        let expires = time("exp").map_or(u64::MAX, |exp| exp.saturating_add(skew));
+        self.verified.insert(
+            digest,
+            Verified {
+                claims: Arc::clone(&claims),
+                // Checked again at least every few minutes, whatever `exp`.
+                until: expires.min(now + MAX_VERIFIED_SECONDS),
+                from: time("nbf").map_or(0, |nbf| nbf.saturating_sub(skew)),
+                keys_generation: generation,
+            },
+            now,
+        );
+        Ok(claims)
+    }
 }
 
 fn invalid(description: &str) -> Local {

@@ -103,7 +103,7 @@ pub struct Passed {
     /// The body must not exceed this many bytes (413).
     pub body_limit: Option<u64>,
     /// The claims of the token a jwtAuth verified.
-    pub claims: Option<gatehouse_jwt::Claims>,
+    pub claims: Option<Arc<gatehouse_jwt::Claims>>,
     /// Filters already run (the gateway phases, before a second route
     /// lookup): not run again.
     pub ran: Vec<Arc<Filter>>,
@@ -209,7 +209,7 @@ impl Chain {
                     }
                 }
                 Kind::RateLimit(limit) => {
-                    let decision = limit.check(facts, headers, claims.as_ref());
+                    let decision = limit.check(facts, headers, claims.as_deref());
                     let limit_headers = rate_limit_headers(limit.limiter.burst, &decision);
                     if !decision.admitted {
                         let mut local =
