@@ -201,7 +201,10 @@ impl<'m, 'a> Chains<'m, 'a> {
                     }
                     Some(by) => {
                         if let Some((label, overrides)) = overrides.as_mut() {
-                            for overridden in of_kind {
+                            // A Filter reaching the rule from two levels
+                            // runs once, at the more specific one.
+                            let ran = |i: usize| steps.iter().any(|(s, _)| *s == i);
+                            for overridden in of_kind.filter(|&i| !ran(i)) {
                                 overrides.insert(Override {
                                     overridden,
                                     by,

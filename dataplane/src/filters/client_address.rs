@@ -18,15 +18,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_hops: u32) -> IpAddr
         return peer.to_canonical();
     }
     let wanted = trusted_hops as usize;
-    let values: Vec<&[u8]> = headers
+    let entry = headers
         .get_all("x-forwarded-for")
         .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let entry = values
-        .iter()
         .rev()
-        .flat_map(|v| v.rsplit(|b| *b == b','))
+        .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
         .nth(wanted - 1);
     entry
         .and_then(|e| std::str::from_utf8(e).ok())
