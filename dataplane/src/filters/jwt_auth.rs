@@ -33,7 +33,7 @@ struct VerifiedTokens {
 
 #[derive(Debug)]
 struct Verified {
-    claims: Arc<Claims>,
+    identity: Arc<Identity>,
     /// `exp` + skew, or never.
     until: u64,
     /// `nbf` - skew, or 0.
@@ -41,15 +41,23 @@ struct Verified {
     keys_generation: u64,
 }
 
+/// A verified token's claims, and the request headers they become (built
+/// once per token, not per request).
+#[derive(Debug)]
+pub struct Identity {
+    pub claims: Claims,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
 const MAX_VERIFIED_TOKENS: usize = 10_000;
 const MAX_VERIFIED_SECONDS: u64 = 300;
 
 impl VerifiedTokens {
-    fn get(&self, digest: &[u8; 32], now: u64, keys_generation: u64) -> Option<Arc<Claims>> {
+    fn get(&self, digest: &[u8; 32], now: u64, keys_generation: u64) -> Option<Arc<Identity>> {
         let entries = self.entries.pin();
         let hit = entries.get(digest)?;
         (hit.keys_generation == keys_generation && hit.from <= now && now <= hit.until)
-            .then(|| Arc::clone(&hit.claims))
+            .then(|| Arc::clone(&hit.identity))
     }
 
     fn insert(&self, digest: [u8; 32], verified: Verified, now: u64) {
@@ -128,7 +136,7 @@ impl JwtAuth {
 
     /// Verifies the request's token and rewrites its headers. `Ok(None)`:
     /// no token, and none is required.
-    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Arc<Claims>>, Local> {
+    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Arc<Identity>>, Local> {
         // Whatever happens next, a client never speaks for the gateway.
         for (_, name) in self.claims_to_headers.iter() {
             headers.remove(name);
@@ -164,19 +172,14 @@ impl JwtAuth {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let claims = self.verify(token, now).await?;
-        for (claim, name) in self.claims_to_headers.iter() {
-            if let Some(value) = claims
-                .get(claim)
-                .and_then(|v| HeaderValue::try_from(v).ok())
-            {
-                headers.insert(name.clone(), value);
-            }
+        let identity = self.verify(token, now).await?;
+        for (name, value) in identity.headers.iter() {
+            headers.insert(name.clone(), value.clone());
         }
         if self.strip_authorization {
             headers.remove(header::AUTHORIZATION);
         }
-        Ok(Some(claims))
+        Ok(Some(identity))
     }
 }
 
@@ -190,19 +193,28 @@ pub fn remote_timings(r: &gatehouse_snapshot::RemoteJwks) -> (Duration, Duration
 }
 
 impl JwtAuth {
-    async fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, Local> {
+    async fn verify(&self, token: &str, now: u64) -> Result<Arc<Identity>, Local> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let generation = self.verifier.keys_generation();
-        if let Some(claims) = self.verified.get(&digest, now, generation) {
-            return Ok(claims);
+        if let Some(identity) = self.verified.get(&digest, now, generation) {
+            return Ok(identity);
         }
-        let claims = Arc::new(
-            self.verifier
-                .verify(token, now)
-                .await
-                .map_err(|rejection| invalid(rejection.description()))?,
-        );
+        let claims = self
+            .verifier
+            .verify(token, now)
+            .await
+            .map_err(|rejection| invalid(rejection.description()))?;
+        let headers = self
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, name)| {
+                let value = HeaderValue::try_from(claims.get(claim)?).ok()?;
+                Some((name.clone(), value))
+            })
+            .collect();
+        let identity = Arc::new(Identity { claims, headers });
+        let claims = &identity.claims;
         let skew = self.verifier.settings().clock_skew.as_secs();
         let time = |name: &str| {
             let value = claims.value(name)?;
@@ -212,7 +224,7 @@ impl JwtAuth {
         self.verified.insert(
             digest,
             Verified {
-                claims: Arc::clone(&claims),
+                identity: Arc::clone(&identity),
                 // Checked again at least every few minutes, whatever `exp`.
                 until: expires.min(now + MAX_VERIFIED_SECONDS),
                 from: time("nbf").map_or(0, |nbf| nbf.saturating_sub(skew)),
@@ -220,7 +232,7 @@ impl JwtAuth {
             },
             now,
         );
-        Ok(claims)
+        Ok(identity)
     }
 }
 

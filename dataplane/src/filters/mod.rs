@@ -102,8 +102,8 @@ pub struct Passed {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The body must not exceed this many bytes (413).
     pub body_limit: Option<u64>,
-    /// The claims of the token a jwtAuth verified.
-    pub claims: Option<Arc<gatehouse_jwt::Claims>>,
+    /// Who the token a jwtAuth verified says the client is.
+    pub claims: Option<Arc<jwt_auth::Identity>>,
     /// Filters already run (the gateway phases, before a second route
     /// lookup): not run again.
     pub ran: Vec<Arc<Filter>>,
@@ -209,7 +209,8 @@ impl Chain {
                     }
                 }
                 Kind::RateLimit(limit) => {
-                    let decision = limit.check(facts, headers, claims.as_deref());
+                    let decision =
+                        limit.check(facts, headers, claims.as_deref().map(|i| &i.claims));
                     let limit_headers = rate_limit_headers(limit.limiter.burst, &decision);
                     if !decision.admitted {
                         let mut local =
