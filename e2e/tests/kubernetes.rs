@@ -640,6 +640,54 @@ spec:
   - filters:
     - type: ExtensionRef
       extensionRef: {group: gatehouse.dev, kind: Filter, name: teapot}
+---
+# A JWKS Secret is read only when labelled as one; the unlabelled one is
+# never seen, so its Filter is invalid.
+apiVersion: v1
+kind: Secret
+metadata:
+  name: jwks
+  namespace: default
+  labels: {gatehouse.dev/jwks: "true"}
+stringData:
+  jwks.json: '{"keys":[{"kty":"oct","kid":"s1","alg":"HS256","k":"c2hhcmVkLXNlY3JldC1vZi1hdC1sZWFzdC0zMi1ieXRlcw"}]}'
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unlabelled, namespace: default}
+stringData:
+  jwks.json: '{"keys":[{"kty":"oct","kid":"s1","alg":"HS256","k":"c2hhcmVkLXNlY3JldC1vZi1hdC1sZWFzdC0zMi1ieXRlcw"}]}'
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Filter
+metadata: {name: members, namespace: default}
+spec:
+  type: JWTAuth
+  jwtAuth:
+    jwks: {secretRef: {name: jwks}}
+    algorithms: [HS256]
+    claimsToHeaders: [{claim: sub, header: x-user}]
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Filter
+metadata: {name: hidden-keys, namespace: default}
+spec:
+  type: JWTAuth
+  jwtAuth:
+    jwks: {secretRef: {name: unlabelled}}
+    algorithms: [HS256]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: members, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [members.test]
+  rules:
+  - filters:
+    - type: ExtensionRef
+      extensionRef: {group: gatehouse.dev, kind: Filter, name: members}
+    backendRefs: [{name: echo, port: 80}]
 "#,
     )
     .expect("valid filters and a route using one");
@@ -656,6 +704,47 @@ spec:
     })
     .await;
     assert_eq!(reply.text(), "short and stout");
+
+    // HS256 with the key from the labelled Secret.
+    let token = {
+        let claims = serde_json::json!({"sub": "kim", "exp": 4_102_444_800u64});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("s1".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(b"shared-secret-of-at-least-32-bytes");
+        jsonwebtoken::encode(&header, &claims, &key).expect("token")
+    };
+    let members = format!("http://{address}:{}/", 80 + PORT_OFFSET);
+    let reply = eventually(Duration::from_secs(30), || async {
+        let reply = client
+            .send(
+                gatehouse_e2e::Request::get(&members)
+                    .host(Some("members.test"))
+                    .header("authorization", &format!("Bearer {token}")),
+            )
+            .await?;
+        anyhow::ensure!(reply.status == 200, "status {}", reply.status);
+        Ok(reply)
+    })
+    .await;
+    assert_eq!(reply.echo()["headers"]["x-user"][0], "kim");
+    let refused = client.get(&members, Some("members.test")).await.unwrap();
+    assert_eq!(refused.status, 401);
+    let hidden = eventually(Duration::from_secs(30), || async {
+        let f = kube.get_json(&["filter", "hidden-keys", "--namespace", "default"])?;
+        let accepted = state(&f["status"]["conditions"], "Accepted");
+        anyhow::ensure!(accepted.is_some(), "no status yet: {}", f["status"]);
+        Ok(f)
+    })
+    .await;
+    let accepted = condition(&hidden["status"]["conditions"], "Accepted").unwrap();
+    assert_eq!(accepted["reason"], "Invalid", "{accepted}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("gatehouse.dev/jwks"),
+        "the message says which label is missing: {accepted}"
+    );
 
     let filter = eventually(Duration::from_secs(30), || async {
         let f = kube.get_json(&["filter", "gateway-deny", "--namespace", "default"])?;
