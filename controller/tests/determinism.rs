@@ -25,6 +25,7 @@ fn objects() -> Vec<Object> {
         "backends",
         "hostnames",
         "cross-namespace",
+        "gatehouse-filters",
     ]
     .iter()
     .flat_map(|case| {
