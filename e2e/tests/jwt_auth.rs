@@ -1391,3 +1391,116 @@ async fn a_remembered_token_is_refused_once_it_expires() {
         "expired after being remembered",
     );
 }
+
+/// Claims route requests even when no route matches the request as the
+/// client sent it, and only the Gateway's own filters run before routing:
+/// a route-level ipAccess of the rule first matched does not judge a
+/// request that ends up on another rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_routing_needs_no_catch_all_and_runs_only_gateway_filters_first() {
+    let key = Signer::es256();
+    let gold = Echo::start("gold");
+    let other = Echo::start("other");
+    let mut gateway_auth: Value = serde_json::from_str(&filter(
+        "jwt",
+        inline_auth(&jwks(&[key.jwk("k1")]), json!({"required": false})),
+    ))
+    .unwrap();
+    gateway_auth["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    ]);
+    // Only a gold role reaches `gold`; `/other` is guarded by an allow-list
+    // nobody here is on.
+    let nobody = json!({
+        "apiVersion": "gatehouse.dev/v1alpha1",
+        "kind": "Filter",
+        "metadata": {"name": "nobody", "namespace": "default"},
+        "spec": {"type": "IPAccess", "ipAccess": {"allow": ["192.0.2.0/24"]}},
+    });
+    let rules = r#"  - matches:
+    - headers: [{name: x-role, value: gold}]
+    - path: {type: PathPrefix, value: /other}
+      headers: [{name: x-role, value: gold}]
+    backendRefs: [{name: gold, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /other}}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: gatehouse.dev, kind: Filter, name: nobody}
+    backendRefs: [{name: other, port: 80}]
+"#;
+    let docs = [
+        manifests::gateway(),
+        manifests::service("default", "gold", &[gold.port()]),
+        manifests::service("default", "other", &[other.port()]),
+        manifests::route_with_rules("tiers", HOST, rules),
+        gateway_auth.to_string(),
+        nobody.to_string(),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("\n---\n"))]).await;
+    let gold_token = key.token(
+        Some("k1"),
+        &with(claims("alice"), "realm", json!({"role": "gold"})),
+    );
+
+    // The request as sent matches no rule; its verified role matches one.
+    let reply = with_token(&gw, "/", &gold_token).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.backend(), Some("gold"));
+    // As sent, `/other` matches the rule with the allow-list (which would
+    // refuse it); with the verified role, the gold rule's match of the
+    // same path plus the header wins, and that rule has no allow-list.
+    let reply = with_token(&gw, "/other", &gold_token).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.backend(), Some("gold"));
+    // Without the role: 404 on `/`, and `/other`'s allow-list applies.
+    let reply = with_token(&gw, "/", &key.token(Some("k1"), &claims("bob"))).await;
+    assert_eq!(reply.status, 404);
+    let reply = with_token(&gw, "/other", &key.token(Some("k1"), &claims("bob"))).await;
+    assert_eq!(reply.status, 403);
+    // A spoofed role without a token picks nothing.
+    let reply = send(&gw, "/", &[("x-role", "gold")]).await;
+    assert_eq!(reply.status, 404);
+}
+
+/// A header any jwtAuth of the group writes is never taken from a client,
+/// even on a route whose own jwtAuth writes other headers (so the filter
+/// that names it does not run there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_headers_are_stripped_where_their_filter_does_not_run() {
+    let key = Signer::es256();
+    let echo = Echo::start("backend");
+    let mut gateway_auth: Value = serde_json::from_str(&filter(
+        "gateway-jwt",
+        inline_auth(&jwks(&[key.jwk("k1")]), json!({})),
+    ))
+    .unwrap();
+    gateway_auth["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    ]);
+    let own = filter(
+        "own-jwt",
+        json!({
+            "issuer": ISSUER,
+            "jwks": {"inline": jwks(&[key.jwk("k1")])},
+            "required": false,
+            "claimsToHeaders": [{"claim": "sub", "header": "x-uid"}],
+        }),
+    );
+    let rules = r#"  - filters:
+    - type: ExtensionRef
+      extensionRef: {group: gatehouse.dev, kind: Filter, name: own-jwt}
+    backendRefs: [{name: svc, port: 80}]
+"#;
+    let docs = [
+        manifests::gateway(),
+        manifests::service("default", "svc", &[echo.port()]),
+        manifests::route_with_rules("legacy", HOST, rules),
+        gateway_auth.to_string(),
+        own,
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("\n---\n"))]).await;
+    let reply = send(&gw, "/", &[("x-user", "admin"), ("x-role", "root")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(seen(&reply, "x-user").is_empty(), "x-user passed through");
+    assert!(seen(&reply, "x-role").is_empty(), "x-role passed through");
+}

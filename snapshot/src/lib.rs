@@ -69,14 +69,17 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// The JSON form of a snapshot for debug output: every private key
-/// (`Certificate.key_pem`) replaced by `"<redacted>"`, so that a debug
-/// endpoint never hands out what the TLS listeners hold secret.
+/// (`Certificate.key_pem`) and every JWKS from a Secret (which may hold
+/// HMAC keys: `JwtAuth.static_jwks` with `symmetric_keys`) replaced by
+/// `"<redacted>"`, so that a debug endpoint never hands out what the
+/// gateway holds secret.
 pub fn debug_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     fn redact(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
+                let secret_jwks = map.get("symmetricKeys") == Some(&serde_json::Value::Bool(true));
                 for (key, inner) in map.iter_mut() {
-                    if key == "keyPem" {
+                    if key == "keyPem" || (secret_jwks && key == "staticJwks") {
                         *inner = "<redacted>".into();
                     } else {
                         redact(inner);
@@ -95,6 +98,38 @@ pub fn debug_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_json_hides_jwks_from_secrets_but_not_inline_public_keys() {
+        let jwt = |jwks: &[u8], symmetric_keys: bool| GatehouseFilter {
+            origin: None,
+            filter: Some(gatehouse_filter::Filter::JwtAuth(JwtAuth {
+                jwks: Some(jwt_auth::Jwks::StaticJwks(jwks.to_vec())),
+                symmetric_keys,
+                ..Default::default()
+            })),
+        };
+        let snapshot = Snapshot {
+            filters: vec![jwt(b"hmac-key-material", true), jwt(b"public-keys", false)],
+            ..Default::default()
+        };
+        let json = debug_json(&snapshot).to_string();
+        assert!(json.contains("<redacted>"), "{json}");
+        let secret = base64_of(b"hmac-key-material");
+        assert!(!json.contains(&secret), "{json}");
+        assert!(json.contains(&base64_of(b"public-keys")), "{json}");
+    }
+
+    fn base64_of(bytes: &[u8]) -> String {
+        serde_json::to_value(JwtAuth {
+            jwks: Some(jwt_auth::Jwks::StaticJwks(bytes.to_vec())),
+            ..Default::default()
+        })
+        .unwrap()["staticJwks"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
 
     fn sample() -> Snapshot {
         Snapshot {

@@ -59,8 +59,9 @@ pub fn phase(kind: FilterType, level: Level) -> Phase {
     }
 }
 
-/// One resolved chain: (filter index, phase), in run order.
-pub type Steps = Vec<(usize, Phase)>;
+/// One resolved chain: (filter index, phase, whether it reached the rule
+/// from the Gateway or a listener), in run order.
+pub type Steps = Vec<(usize, Phase, bool)>;
 
 /// A Filter that did not run for a rule because a more specific one of the
 /// same type did.
@@ -148,7 +149,7 @@ impl<'m, 'a> Chains<'m, 'a> {
         ];
         self.pick(&levels, None)
             .into_iter()
-            .filter(|(_, phase)| {
+            .filter(|(_, phase, _)| {
                 matches!(
                     phase,
                     Phase::RequestLimits | Phase::IpAccess | Phase::GatewayAuthentication
@@ -194,8 +195,8 @@ impl<'m, 'a> Chains<'m, 'a> {
                     None => {
                         for i in of_kind {
                             winner.get_or_insert(i);
-                            if !steps.iter().any(|(s, _)| *s == i) {
-                                steps.push((i, phase(kind, *level)));
+                            if !steps.iter().any(|(s, _, _)| *s == i) {
+                                steps.push((i, phase(kind, *level), level.gateway_scope()));
                             }
                         }
                     }
@@ -203,7 +204,7 @@ impl<'m, 'a> Chains<'m, 'a> {
                         if let Some((label, overrides)) = overrides.as_mut() {
                             // A Filter reaching the rule from two levels
                             // runs once, at the more specific one.
-                            let ran = |i: usize| steps.iter().any(|(s, _)| *s == i);
+                            let ran = |i: usize| steps.iter().any(|(s, _, _)| *s == i);
                             for overridden in of_kind.filter(|&i| !ran(i)) {
                                 overrides.insert(Override {
                                     overridden,
@@ -216,7 +217,7 @@ impl<'m, 'a> Chains<'m, 'a> {
                 }
             }
         }
-        let key = |&(i, phase): &(usize, Phase)| {
+        let key = |&(i, phase, _): &(usize, Phase, bool)| {
             let f = &self.filters.filters[i];
             (phase as i32, f.order, f.namespace.clone(), f.name.clone())
         };
@@ -230,7 +231,7 @@ impl<'m, 'a> Chains<'m, 'a> {
 pub struct ChainTable {
     filter_index: HashMap<usize, u32>,
     pub filters: Vec<usize>,
-    chain_index: HashMap<Vec<(u32, i32)>, u32>,
+    chain_index: HashMap<Vec<(u32, i32, bool)>, u32>,
     pub chains: Vec<pb::Chain>,
 }
 
@@ -240,15 +241,15 @@ impl ChainTable {
         if steps.is_empty() {
             return 0;
         }
-        let key: Vec<(u32, i32)> = steps
+        let key: Vec<(u32, i32, bool)> = steps
             .iter()
-            .map(|&(filter, phase)| {
+            .map(|&(filter, phase, gateway_scope)| {
                 let next = self.filters.len() as u32;
                 let index = *self.filter_index.entry(filter).or_insert(next);
                 if index == next {
                     self.filters.push(filter);
                 }
-                (index, phase as i32)
+                (index, phase as i32, gateway_scope)
             })
             .collect();
         let next = self.chains.len() as u32;
@@ -257,7 +258,11 @@ impl ChainTable {
             self.chains.push(pb::Chain {
                 steps: key
                     .into_iter()
-                    .map(|(filter, phase)| pb::ChainStep { filter, phase })
+                    .map(|(filter, phase, gateway_scope)| pb::ChainStep {
+                        filter,
+                        phase,
+                        gateway_scope,
+                    })
                     .collect(),
             });
         }

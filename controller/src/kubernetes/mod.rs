@@ -461,9 +461,13 @@ impl Loop {
                 let removed = self.store.remove(&key);
                 self.pending.slice(removed.as_ref());
             }
+            // A watch that filters in the controller reports every object it
+            // drops as deleted (e.g. each unrelated Secret): only a removal
+            // from the store is a change.
             Change::Deleted(key) => {
-                self.store.remove(&key);
-                self.pending.other = true;
+                if self.store.remove(&key).is_some() {
+                    self.pending.other = true;
+                }
             }
         }
     }

@@ -29,7 +29,12 @@ pub struct JwtAuth {
 #[derive(Debug, Default)]
 struct VerifiedTokens {
     entries: papaya::HashMap<[u8; 32], Verified>,
+    /// When a full cache was last swept (seconds): at most one sweep per
+    /// `SWEEP_EVERY_SECONDS`, so a full cache costs a miss nothing more.
+    swept: std::sync::atomic::AtomicU64,
 }
+
+const SWEEP_EVERY_SECONDS: u64 = 10;
 
 #[derive(Debug)]
 struct Verified {
@@ -61,9 +66,19 @@ impl VerifiedTokens {
     }
 
     fn insert(&self, digest: [u8; 32], verified: Verified, now: u64) {
+        use std::sync::atomic::Ordering;
         let entries = self.entries.pin();
         if entries.len() >= MAX_VERIFIED_TOKENS {
-            entries.retain(|_, v| v.until >= now);
+            let last = self.swept.load(Ordering::Relaxed);
+            let due = now >= last.saturating_add(SWEEP_EVERY_SECONDS);
+            if due
+                && self
+                    .swept
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                entries.retain(|_, v| v.until >= now);
+            }
             if entries.len() >= MAX_VERIFIED_TOKENS {
                 return;
             }
@@ -126,6 +141,11 @@ impl JwtAuth {
         !self.claims_to_headers.is_empty()
     }
 
+    /// The request headers it writes claims to.
+    pub fn claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.claims_to_headers.iter().map(|(_, name)| name)
+    }
+
     /// The remote key set, for carrying over to the next table.
     pub fn remote(&self) -> Option<&Arc<RemoteJwks>> {
         match self.verifier.keys() {
@@ -153,6 +173,7 @@ impl JwtAuth {
                 // other scheme an optional filter lets through unverified.
                 None if value
                     .as_bytes()
+                    .trim_ascii_start()
                     .get(..6)
                     .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer")) =>
                 {

@@ -30,13 +30,21 @@ pub use request_limits::RequestLimits;
 pub use static_response::StaticResponse;
 
 /// One Filter, ready to run.
-#[derive(Debug)]
 pub struct Filter {
     /// "Filter namespace/name", for logs.
     pub name: Box<str>,
     pub kind: Kind,
     /// The snapshot message it was built from, to recognise it next time.
     encoded: Box<[u8]>,
+}
+
+/// Names the filter only: its encoded form may hold key material.
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -72,6 +80,8 @@ pub struct Chain {
 pub struct Step {
     pub filter: Arc<Filter>,
     pub phase: FilterPhase,
+    /// Attached to the Gateway or a listener.
+    pub gateway_scope: bool,
 }
 
 /// An answer a filter gives in place of the backend's.
@@ -110,11 +120,16 @@ pub struct Passed {
 }
 
 impl Step {
-    fn is_gateway_phase(&self) -> bool {
-        matches!(
-            self.phase,
-            FilterPhase::RequestLimits | FilterPhase::IpAccess | FilterPhase::GatewayAuthentication
-        )
+    /// Request limits, IP access and authentication attached to the
+    /// Gateway or a listener: the same whatever route the request takes.
+    fn runs_before_routing(&self) -> bool {
+        self.gateway_scope
+            && matches!(
+                self.phase,
+                FilterPhase::RequestLimits
+                    | FilterPhase::IpAccess
+                    | FilterPhase::GatewayAuthentication
+            )
     }
 }
 
@@ -138,10 +153,11 @@ impl Chain {
         self.run_steps(facts, headers, passed, false).await
     }
 
-    /// Runs only the gateway phases (request limits, IP access, Gateway
-    /// authentication): what must happen before routing when routing
-    /// depends on what they write. The result goes to `run` of the chain of
-    /// the route then found, which skips the filters already run.
+    /// Runs only the steps that do not depend on the route (request limits,
+    /// IP access and authentication attached to the Gateway or a
+    /// listener): what must happen before routing when routing depends on
+    /// what they write. The result goes to `run` of the chain of the route
+    /// then found, which skips the filters already run.
     pub async fn run_gateway_phases(
         &self,
         facts: RequestFacts<'_>,
@@ -153,7 +169,7 @@ impl Chain {
                 passed.ran = self
                     .steps
                     .iter()
-                    .filter(|s| s.is_gateway_phase())
+                    .filter(|s| s.runs_before_routing())
                     .map(|s| Arc::clone(&s.filter))
                     .collect();
                 passed
@@ -169,8 +185,8 @@ impl Chain {
     ) -> Result<Passed, Local> {
         let mut claims = passed.claims.take();
         for step in self.steps.iter() {
-            if gateway_phases_only && !step.is_gateway_phase() {
-                break;
+            if gateway_phases_only && !step.runs_before_routing() {
+                continue;
             }
             if passed.ran.iter().any(|f| Arc::ptr_eq(f, &step.filter)) {
                 continue;
@@ -267,7 +283,9 @@ impl RateLimit {
                 let ip = client_address::client_ip(facts.peer, headers, self.trusted_hops);
                 match ip {
                     IpAddr::V4(v4) => self.limiter.check(&v4.octets()),
-                    IpAddr::V6(v6) => self.limiter.check(&v6.octets()),
+                    // A client holds a whole /64: keyed by single addresses,
+                    // it would get a fresh bucket per address it picks.
+                    IpAddr::V6(v6) => self.limiter.check(&v6.octets()[..8]),
                 }
             }
             pb::RateLimitKey::Header => {
@@ -405,6 +423,7 @@ pub fn build_chains(
                     Ok(Step {
                         filter: Arc::clone(filter),
                         phase,
+                        gateway_scope: s.gateway_scope,
                     })
                 })
                 .collect::<Result<Box<[Step]>, _>>()?;

@@ -11,6 +11,7 @@
 //! so a sweeper drops those; past `MAX_KEYS` live keys, new keys share one
 //! overflow bucket, so that a flood of distinct keys costs bounded memory.
 
+use std::hash::BuildHasher;
 use std::sync::{
     Arc, Weak,
     atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// Keys tracked one by one before new ones share the overflow bucket.
 const MAX_KEYS: usize = 1_000_000;
+/// Longest refill span, about 36 years in nanoseconds.
+const MAX_SPAN: u64 = 1 << 60;
 /// How often expired buckets are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -30,7 +33,9 @@ pub struct RateLimiter {
     tolerance: u64,
     pub burst: u32,
     /// Seconds per period, for `RateLimit-Policy`-style reporting.
-    buckets: papaya::HashMap<Box<[u8]>, AtomicU64>,
+    buckets: papaya::HashMap<u64, AtomicU64>,
+    /// Keyed per limiter, so that nobody can aim two keys at one bucket.
+    hasher: std::collections::hash_map::RandomState,
     overflow: AtomicU64,
     epoch: Instant,
     sweeping: AtomicBool,
@@ -51,13 +56,18 @@ pub struct Decision {
 impl RateLimiter {
     pub fn new(requests: u32, period: Duration, burst: u32) -> Self {
         let requests = u64::from(requests.max(1));
-        let interval = (period.as_nanos() as u64 / requests).max(1);
+        // Clamped so that tat (nanoseconds since the limiter started) never
+        // nears u64::MAX: a bucket that takes decades to refill is as good as
+        // one that never does.
+        let interval = (period.as_nanos() / u128::from(requests)).clamp(1, u128::from(MAX_SPAN));
+        let interval = interval as u64;
         let burst = burst.max(1);
         RateLimiter {
             interval,
-            tolerance: interval.saturating_mul(u64::from(burst - 1)),
+            tolerance: interval.saturating_mul(u64::from(burst - 1)).min(MAX_SPAN),
             burst,
             buckets: papaya::HashMap::new(),
+            hasher: Default::default(),
             overflow: AtomicU64::new(0),
             epoch: Instant::now(),
             sweeping: AtomicBool::new(false),
@@ -74,14 +84,15 @@ impl RateLimiter {
     pub fn check(self: &Arc<Self>, key: &[u8]) -> Decision {
         self.start_sweeper();
         let now = self.now();
+        let key = self.hasher.hash_one(key);
         let buckets = self.buckets.pin();
-        if let Some(tat) = buckets.get(key) {
+        if let Some(tat) = buckets.get(&key) {
             return self.take(tat, now);
         }
         if buckets.len() >= MAX_KEYS {
             return self.take(&self.overflow, now);
         }
-        let tat = buckets.get_or_insert_with(key.into(), || AtomicU64::new(0));
+        let tat = buckets.get_or_insert_with(key, || AtomicU64::new(0));
         self.take(tat, now)
     }
 
@@ -99,7 +110,7 @@ impl RateLimiter {
                     retry_after_seconds: ceil_seconds(wait).max(1),
                 };
             }
-            let next = start + self.interval;
+            let next = start.saturating_add(self.interval);
             match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     let used = next - now;
@@ -198,6 +209,17 @@ mod tests {
             .count();
         // 5 at once, then one per 100 ms over the 3 s.
         assert_eq!(admitted, 5 + 29);
+    }
+
+    #[test]
+    fn a_bucket_refilling_over_decades_still_holds_its_burst() {
+        // requests 1 per 1000 h with burst 10000 spans far past u64 nanoseconds.
+        let limiter = Arc::new(RateLimiter::new(1, Duration::from_secs(3_600_000), 10_000));
+        let tat = AtomicU64::new(0);
+        let admitted = (1..=20_000u64)
+            .filter(|i| limiter.take(&tat, *i).admitted)
+            .count();
+        assert!(admitted < 20_000, "the burst must end somewhere");
     }
 
     #[test]

@@ -131,30 +131,40 @@ impl Dataplane {
         let table = self.table.load_full();
         let grpc = is_grpc(&request);
         let mut request = request;
+        for name in table.claim_headers() {
+            request.headers_mut().remove(name);
+        }
         let mut found = find_route(&table, &conn, &request);
         let mut early = Passed::default();
         // Claims a Gateway's jwtAuth writes to headers are part of what
-        // routes match on: the gateway phases run first, then the route is
-        // looked up again on the verified headers.
-        if let Ok(first) = found
-            && let Some(chain) = first.chain.filter(|c| c.routes_on_claims)
+        // routes match on: the filters that do not depend on the route run
+        // first, then the route is looked up again on the verified headers.
+        let early_chain = match &found {
+            Ok(first) => first.chain,
+            Err((ProxyError::NoRoute, listener_chain)) => *listener_chain,
+            Err(_) => None,
+        }
+        .filter(|c| c.routes_on_claims);
+        if let Some(chain) = early_chain
             && preflight_method(&request).is_none()
         {
             let facts = RequestFacts {
                 peer: conn.client.ip(),
-                rule: &first.rule.object,
+                rule: "",
             };
             match chain.run_gateway_phases(facts, request.headers_mut()).await {
                 Ok(passed) => {
                     early = passed;
-                    found = find_route(&table, &conn, &request);
+                    // The listener's filters just ran: not again on a miss.
+                    found = find_route(&table, &conn, &request).map_err(|(e, _)| (e, None));
                 }
                 Err(local) => {
                     let response = local_response(local, grpc);
-                    first
-                        .rule
-                        .stats
-                        .record(response.status().as_u16(), started.elapsed());
+                    let stats = match &found {
+                        Ok(first) => &first.rule.stats,
+                        Err(_) => self.stats.no_route(),
+                    };
+                    stats.record(response.status().as_u16(), started.elapsed());
                     return Ok(response);
                 }
             }

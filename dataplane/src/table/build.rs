@@ -92,10 +92,26 @@ impl Table {
             port_keys: port_keys.into(),
             rules: rules.into(),
             clusters: clusters.into(),
+            claim_headers: claim_headers(&filters),
             filters: filters.into(),
             chains: chains.into(),
         })
     }
+}
+
+fn claim_headers(filters: &[Arc<crate::filters::Filter>]) -> Box<[http::HeaderName]> {
+    let mut names: Vec<http::HeaderName> = filters
+        .iter()
+        .filter_map(|f| match &f.kind {
+            crate::filters::Kind::JwtAuth(auth) => Some(auth.claim_headers()),
+            _ => None,
+        })
+        .flatten()
+        .cloned()
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names.into()
 }
 
 fn build_port(port: &pb::Port, i: usize, counts: Counts) -> Result<(PortKey, Port), BuildError> {

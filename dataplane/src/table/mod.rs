@@ -65,6 +65,11 @@ pub struct Table {
     /// gatehouse.dev filters, and the chains over them.
     filters: Box<[Arc<Filter>]>,
     chains: Box<[Arc<Chain>]>,
+    /// Every header a jwtAuth of the snapshot writes claims to: removed
+    /// from each client request before anything else sees it, so that no
+    /// route, filter or backend ever takes a client's copy for a verified
+    /// claim, whichever filters run for the request.
+    claim_headers: Box<[http::HeaderName]>,
 }
 
 #[derive(Debug)]
@@ -135,7 +140,13 @@ impl Table {
             clusters: Box::default(),
             filters: Box::default(),
             chains: Box::default(),
+            claim_headers: Box::default(),
         }
+    }
+
+    /// See `Table::claim_headers` (the field).
+    pub fn claim_headers(&self) -> &[http::HeaderName] {
+        &self.claim_headers
     }
 
     /// Chain `1 + index`, or none for 0.
