@@ -252,6 +252,7 @@ impl SnapshotService for SnapshotServer {
                 self.hub.clone(),
                 (hello.node_id, session),
                 hello.applied_version,
+                hello.features,
                 snapshots,
                 inbound,
                 tx,
@@ -268,6 +269,7 @@ async fn stream_to_node(
     hub: Arc<SnapshotHub>,
     (node_id, session): (String, u64),
     mut sent_version: String,
+    features: Vec<String>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     mut inbound: Streaming<DataPlaneMessage>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
@@ -286,6 +288,24 @@ async fn stream_to_node(
                     continue;
                 }
                 sent_version = snapshot.version.clone();
+                let missing: Vec<&str> = gatehouse_snapshot::required_features(&snapshot)
+                    .into_iter()
+                    .filter(|f| !features.iter().any(|have| have == f))
+                    .collect();
+                if !missing.is_empty() {
+                    // An older data plane would drop what it does not know
+                    // and serve without it (no authentication, no IP rules):
+                    // it keeps its previous snapshot, and the Gateway says why.
+                    let reason = format!(
+                        "this data plane does not support {}; upgrade it to serve this configuration",
+                        missing.join(", ")
+                    );
+                    warn!(version = %snapshot.version, %reason, "snapshot withheld");
+                    hub.update_node(&node_id, session, |node| {
+                        node.last_nack = Some((snapshot.version.clone(), reason));
+                    });
+                    continue;
+                }
                 debug!(version = %snapshot.version, "sending snapshot");
                 if tx.send(Ok((*snapshot).clone())).await.is_err() {
                     break;

@@ -26,6 +26,18 @@ pub const MAX_RETRY_BACKOFF_MS: u32 = 10_000;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+/// `Hello.features` entry of a data plane that runs gatehouse.dev filters.
+pub const FEATURE_FILTERS: &str = "gatehouse-filters";
+
+/// The features a data plane must name to be sent `snapshot`.
+pub fn required_features(snapshot: &Snapshot) -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if !snapshot.filters.is_empty() || !snapshot.chains.is_empty() {
+        features.push(FEATURE_FILTERS);
+    }
+    features
+}
+
 /// The version a snapshot's content hashes to: hex SHA-256 (first 16 bytes)
 /// of the snapshot encoded with an empty `version`.
 pub fn content_version(snapshot: &Snapshot) -> String {

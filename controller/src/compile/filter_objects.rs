@@ -287,7 +287,18 @@ fn cidrs(field: &str, values: &[String]) -> Result<Vec<String>, String> {
                 .parse::<IpNet>()
                 .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
                 .map_err(|_| format!("{field}[{i}]: {v:?} is not an IP address or CIDR block"))?;
-            // The network address: "10.1.2.3/8" means 10.0.0.0/8.
+            // The network address: "10.1.2.3/8" means 10.0.0.0/8. An
+            // IPv4-mapped IPv6 block is the IPv4 block it maps: clients
+            // are compared in their IPv4 form.
+            let net = match net {
+                IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                        .map(IpNet::V4)
+                        .unwrap_or(net),
+                    None => net,
+                },
+                other => other,
+            };
             Ok(net.trunc().to_string())
         })
         .collect()
