@@ -1473,3 +1473,52 @@ async fn rate_limit_headers_come_with_every_answer() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+/// A Gateway owner's enforced Filter is a floor: a route's own filter of
+/// the same type does not replace it, and says so in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enforced_gateway_filter_cannot_be_replaced_by_a_route() {
+    let echo = Echo::start("ok");
+    let denied = v4(127, 205, 0, 9);
+    let allowed = v4(127, 205, 0, 10);
+    let documents = [
+        manifests::gateway(),
+        manifests::service("default", "svc", &[echo.port()]),
+        filter(
+            "platform-deny",
+            "IPAccess",
+            "  enforce: true\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  ipAccess: {deny: [127.205.0.9/32]}\n",
+        ),
+        // A route owner's attempt to open everything up.
+        filter(
+            "open-to-all",
+            "IPAccess",
+            "  ipAccess: {allow: [0.0.0.0/0, \"::/0\"]}\n",
+        ),
+        route(
+            "tenant",
+            "tenant.test",
+            &rule(&["open-to-all"], Some("svc")),
+        ),
+    ];
+    let gw = start(&documents).await;
+    let refused = get_from(&gw, denied, "tenant.test", "/", &[]).await;
+    assert_eq!(refused.status, 403, "the enforced deny list still applies");
+    let served = get_from(&gw, allowed, "tenant.test", "/", &[]).await;
+    assert_eq!(served.status, 200);
+
+    let status = gw.status_of("Filter", "default/open-to-all").await.unwrap();
+    let overridden = status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Overridden"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no Overridden in {status}"));
+    assert_eq!(overridden["status"], "True", "{overridden}");
+    assert!(
+        overridden["message"]
+            .as_str()
+            .unwrap()
+            .contains("default/platform-deny"),
+        "{overridden}"
+    );
+}

@@ -604,6 +604,10 @@ async fn gatehouse_filters_are_checked_by_the_api_server_and_applied_with_status
             "type: RateLimit\n  rateLimit: {requests: 1, period: 1s, key: {type: Header}}",
             "name is required",
         ),
+        (
+            "type: StaticResponse\n  enforce: true\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: x}]\n  staticResponse: {statusCode: 200}",
+            "enforce needs targetRefs",
+        ),
     ] {
         let manifest = format!(
             "apiVersion: gatehouse.dev/v1alpha1\nkind: Filter\nmetadata: {{name: bad, namespace: default}}\nspec:\n  {bad}\n"

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(
     validation = Rule::new("[has(self.staticResponse), has(self.ipAccess), has(self.requestLimits), has(self.rateLimit), has(self.jwtAuth)].filter(x, x).size() == 1").message("exactly one of staticResponse, ipAccess, requestLimits, rateLimit or jwtAuth must be set"),
+    validation = Rule::new("!has(self.enforce) || !self.enforce || (has(self.targetRefs) && self.targetRefs.all(t, t.kind == 'Gateway'))").message("enforce needs targetRefs that are all Gateways or their listeners"),
     validation = Rule::new("has(self.staticResponse) == (self.type == 'StaticResponse') && has(self.ipAccess) == (self.type == 'IPAccess') && has(self.requestLimits) == (self.type == 'RequestLimits') && has(self.rateLimit) == (self.type == 'RateLimit') && has(self.jwtAuth) == (self.type == 'JWTAuth')").message("type must name the one filter that is set")
 )]
 #[serde(rename_all = "camelCase")]
@@ -50,6 +51,12 @@ pub struct FilterSpec {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = -1000, max = 1000))]
     pub order: i32,
+    /// For a Filter attached to Gateways or listeners: it runs for every
+    /// route there, and filters of its type attached to routes or rules do
+    /// not replace it (they do not run). Lets a Gateway's owner set a floor
+    /// (a deny list, authentication) that route owners cannot switch off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_response: Option<StaticResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,10 @@
 //! wins: its filters of that type run, the less specific ones of that type
 //! do not, for that rule, and their status says which Filter overrode them.
 //! Nothing is merged. Several filters of one type at one level all run.
+//! The one exception is the platform team's: a Filter attached to a Gateway
+//! or listener with `enforce: true` wins for its type over every more
+//! specific one (the least specific enforced level wins), so routes cannot
+//! switch off a Gateway-wide deny list or authentication.
 //!
 //! The chain is sorted by phase (see `Phase`), then `order`, then
 //! namespace and name.
@@ -177,7 +181,8 @@ impl<'m, 'a> Chains<'m, 'a> {
             .to_vec()
     }
 
-    /// Per type, the filters of the most specific level that has one.
+    /// Per type, the filters of the most specific level that has one, or
+    /// the enforced ones of the least specific level that has any.
     fn pick(
         &self,
         levels: &[(Level, Vec<usize>)],
@@ -185,6 +190,27 @@ impl<'m, 'a> Chains<'m, 'a> {
     ) -> Steps {
         let mut steps = Steps::new();
         for kind in TYPES {
+            if let Some((level, chosen)) = self.enforced(levels, kind) {
+                for &i in &chosen {
+                    if !steps.iter().any(|(s, _, _)| *s == i) {
+                        steps.push((i, phase(kind, level), true));
+                    }
+                }
+                if let Some((label, overrides)) = overrides.as_mut() {
+                    let others = levels
+                        .iter()
+                        .flat_map(|(_, indices)| indices.iter().copied())
+                        .filter(|&i| self.filters.filters[i].kind == kind && !chosen.contains(&i));
+                    for overridden in others {
+                        overrides.insert(Override {
+                            overridden,
+                            by: chosen[0],
+                            rule: label(),
+                        });
+                    }
+                }
+                continue;
+            }
             let mut winner: Option<usize> = None;
             for (level, indices) in levels {
                 let of_kind = indices
@@ -223,6 +249,27 @@ impl<'m, 'a> Chains<'m, 'a> {
         };
         steps.sort_by_key(key);
         steps
+    }
+
+    /// The enforced filters of `kind` at the least specific level (Gateway,
+    /// then listener) that has any: a platform team's floor that routes
+    /// cannot replace.
+    fn enforced(
+        &self,
+        levels: &[(Level, Vec<usize>)],
+        kind: FilterType,
+    ) -> Option<(Level, Vec<usize>)> {
+        levels.iter().rev().find_map(|(level, indices)| {
+            let chosen: Vec<usize> = indices
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let f = &self.filters.filters[i];
+                    f.kind == kind && f.enforce && level.gateway_scope()
+                })
+                .collect();
+            (!chosen.is_empty()).then_some((*level, chosen))
+        })
     }
 }
 
@@ -298,7 +345,7 @@ pub fn override_messages(
             let more = places.len().saturating_sub(SHOWN);
             places.truncate(SHOWN);
             let mut message = format!(
-                "A more specific filter of the same type runs instead: {}",
+                "Another filter of the same type runs instead (a more specific one, or one its Gateway enforces): {}",
                 places.join("; ")
             );
             if more > 0 {

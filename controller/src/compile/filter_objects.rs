@@ -55,6 +55,9 @@ pub struct FilterModel<'a> {
     pub name: String,
     pub kind: FilterType,
     pub order: i32,
+    /// Wins over more specific filters of its type (Gateway and listener
+    /// attachments only).
+    pub enforce: bool,
     /// The snapshot form, or why the Filter is invalid.
     pub content: Result<Content, String>,
     /// Per targetRef, in spec order; `None` for a kind we do not attach to.
@@ -122,6 +125,7 @@ impl<'a> FilterObjects<'a> {
                 content: content(store, &namespace, &object.spec),
                 kind: object.spec.kind,
                 order: object.spec.order,
+                enforce: object.spec.enforce,
                 namespace,
                 name,
                 targets,
@@ -184,6 +188,12 @@ fn content(store: &Store, namespace: &str, spec: &FilterSpec) -> Result<Content,
     if set != 1 {
         return Err(
             "spec: exactly one of staticResponse, ipAccess, requestLimits, rateLimit or jwtAuth must be set"
+                .into(),
+        );
+    }
+    if spec.enforce && spec.target_refs.iter().any(|t| t.kind != "Gateway") {
+        return Err(
+            "spec.enforce: only a Filter whose targetRefs are all Gateways (or their listeners) can be enforced"
                 .into(),
         );
     }
