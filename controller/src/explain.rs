@@ -249,6 +249,12 @@ fn write_chain(out: &mut String, chain: Option<&gatehouse_dataplane::filters::Ch
         let _ = writeln!(out, "chain:    (no gatehouse.dev filters)");
         return;
     };
+    if chain.routes_on_claims {
+        let _ = writeln!(
+            out,
+            "note:     a Gateway jwtAuth writes claim headers: traffic is routed again on the verified headers (give them with -H to see that route)"
+        );
+    }
     let _ = writeln!(out, "chain:");
     for (i, step) in chain.steps.iter().enumerate() {
         let phase = phase_name(step.phase as i32);
