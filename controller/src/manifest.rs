@@ -152,6 +152,8 @@ fn typed(kind: Kind, value: Value) -> TypedResult {
         Kind::Secret => Object::Secret(de(value)?),
         Kind::ConfigMap => Object::ConfigMap(de(value)?),
         Kind::Filter => Object::Filter(de(value)?),
+        // Manifests never name this kind: every Secret loads as a Secret.
+        Kind::JwksSecret => Object::JwksSecret(de(value)?),
     })
 }
 

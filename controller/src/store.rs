@@ -26,6 +26,10 @@ pub enum Kind {
     ConfigMap,
     BackendTlsPolicy,
     Filter,
+    /// A Secret holding a JWKS for jwtAuth filters, watched apart from TLS
+    /// Secrets in Kubernetes mode (by its label); manifests load every
+    /// Secret as `Secret`.
+    JwksSecret,
 }
 
 impl Kind {
@@ -44,6 +48,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::Filter => "Filter",
+            Kind::JwksSecret => "Secret",
         }
     }
 
@@ -101,6 +106,7 @@ pub enum Object {
     ConfigMap(Box<ConfigMap>),
     BackendTlsPolicy(Box<BackendTlsPolicy>),
     Filter(Box<Filter>),
+    JwksSecret(Box<Secret>),
 }
 
 impl Object {
@@ -118,6 +124,7 @@ impl Object {
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Object::Filter(_) => Kind::Filter,
+            Object::JwksSecret(_) => Kind::JwksSecret,
         }
     }
 
@@ -149,6 +156,7 @@ impl Object {
             Object::ConfigMap(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::Filter(o) => &o.metadata,
+            Object::JwksSecret(o) => &o.metadata,
         }
     }
 
@@ -166,6 +174,7 @@ impl Object {
             Object::ConfigMap(o) => &mut o.metadata,
             Object::BackendTlsPolicy(o) => &mut o.metadata,
             Object::Filter(o) => &mut o.metadata,
+            Object::JwksSecret(o) => &mut o.metadata,
         }
     }
 
@@ -186,6 +195,7 @@ impl Object {
             Object::ConfigMap(o) => serde_json::to_value(o),
             Object::BackendTlsPolicy(o) => serde_json::to_value(&o.spec),
             Object::Filter(o) => serde_json::to_value(&o.spec),
+            Object::JwksSecret(o) => serde_json::to_value(o),
         };
         let mut value = value.unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(map) = &mut value {
@@ -387,6 +397,16 @@ impl Store {
                 Object::BackendTlsPolicy(x) => Some(&**x),
                 _ => None,
             })
+    }
+
+    /// Secrets that may hold a JWKS: every Secret loaded from manifests,
+    /// and in Kubernetes mode the ones labelled as JWKS.
+    pub fn jwks_secrets(&self) -> impl Iterator<Item = &Secret> {
+        let labelled = self.of_kind(Kind::JwksSecret).filter_map(|o| match o {
+            Object::JwksSecret(x) => Some(&**x),
+            _ => None,
+        });
+        self.secrets().chain(labelled)
     }
 
     pub fn filters(&self) -> impl Iterator<Item = &Filter> {

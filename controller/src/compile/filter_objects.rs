@@ -470,7 +470,7 @@ fn jwt_auth(store: &Store, namespace: &str, spec: &JwtAuth) -> Result<pb::JwtAut
     } else if let Some(secret_ref) = &spec.jwks.secret_ref {
         let key = secret_ref.key.as_deref().unwrap_or("jwks.json");
         let secret = store
-            .secrets()
+            .jwks_secrets()
             .find(|s| {
                 s.metadata.namespace.as_deref().unwrap_or("default") == namespace
                     && s.metadata.name.as_deref() == Some(secret_ref.name.as_str())

@@ -85,7 +85,7 @@ const BURST_QUIET: Duration = Duration::from_millis(50);
 const BURST_CAP: Duration = Duration::from_millis(500);
 
 /// The kinds watched, each listed before the first compile.
-const WATCHED: [Kind; 12] = [
+const WATCHED: [Kind; 13] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
@@ -98,6 +98,7 @@ const WATCHED: [Kind; 12] = [
     Kind::ConfigMap,
     Kind::BackendTlsPolicy,
     Kind::Filter,
+    Kind::JwksSecret,
 ];
 
 /// Runs until SIGTERM or SIGINT.
@@ -301,20 +302,26 @@ fn spawn_watchers(client: &kube::Client, tx: &mpsc::UnboundedSender<Change>) {
         |o| Object::Namespace(Box::new(o)),
         tx.clone(),
     );
-    // TLS Secrets (certificates) and Secrets labelled as JWKS for jwtAuth
-    // filters: no other Secret is held in memory.
-    watch::spawn_kept::<Secret>(
+    // Only TLS Secrets can be listener certificates, and only Secrets
+    // labelled as JWKS can hold jwtAuth keys: no other Secret is ever sent
+    // to the controller or held in memory.
+    watch::spawn::<Secret>(
         client.clone(),
         Kind::Secret,
         all(),
-        |s: &Secret| {
-            s.type_.as_deref() == Some("kubernetes.io/tls")
-                || s.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(crate::api::JWKS_SECRET_LABEL))
-        },
+        Some(watch::Filter {
+            fields: "type=kubernetes.io/tls",
+            keep: |s: &Secret| s.type_.as_deref() == Some("kubernetes.io/tls"),
+        }),
         |o| Object::Secret(Box::new(o)),
+        tx.clone(),
+    );
+    watch::spawn::<Secret>(
+        client.clone(),
+        Kind::JwksSecret,
+        all().labels(crate::api::JWKS_SECRET_LABEL),
+        None,
+        |o| Object::JwksSecret(Box::new(o)),
         tx.clone(),
     );
     // Our own kinds: watched once their CRDs are served (a cluster

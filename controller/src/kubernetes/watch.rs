@@ -59,25 +59,6 @@ pub fn spawn<K>(
     });
 }
 
-/// Watches every object of `K` and keeps those `keep` accepts, when no
-/// server-side selector can say which (e.g. one of two Secret types or a
-/// label).
-pub fn spawn_kept<K>(
-    client: Client,
-    kind: Kind,
-    config: watcher::Config,
-    keep: fn(&K) -> bool,
-    wrap: fn(K) -> Object,
-    changes: mpsc::UnboundedSender<Change>,
-) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    tokio::spawn(async move {
-        let api: Api<K> = Api::all(client);
-        run(&api, kind, config, Some(keep), wrap, &changes).await;
-    });
-}
-
 /// Waits until the CRD `crd` is installed and Established. Until then
 /// `kind` counts as listed and empty: no object of it can exist. False
 /// when the loop is gone.
