@@ -152,7 +152,9 @@ impl Dataplane {
                 peer: conn.client.ip(),
                 rule: "",
             };
-            match chain.run_gateway_phases(facts, request.headers_mut()).await {
+            // Boxed: a rare path, kept out of every request's future.
+            let phases = Box::pin(chain.run_gateway_phases(facts, request.headers_mut()));
+            match phases.await {
                 Ok(passed) => {
                     early = passed;
                     // The listener's filters just ran: not again on a miss.
@@ -176,7 +178,7 @@ impl Dataplane {
             ),
             Err((error, Some(chain))) => (
                 self.stats.no_route(),
-                unrouted(chain, &conn, request, error, grpc).await,
+                Box::pin(unrouted(chain, &conn, request, error, grpc)).await,
             ),
             Err((error, None)) => (self.stats.no_route(), Err(error)),
         };
