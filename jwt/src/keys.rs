@@ -66,6 +66,9 @@ pub struct KeySet {
     unnamed: Vec<Key>,
     len: usize,
     symmetric_allowed: bool,
+    /// Hash of the document it was parsed from, so that a refetch of the
+    /// same document can be told from a rotation.
+    source: u64,
 }
 
 /// Why a key set could not offer a key for a token.
@@ -102,6 +105,12 @@ impl KeySet {
             unnamed: Vec::new(),
             len: 0,
             symmetric_allowed,
+            source: {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                json.hash(&mut hasher);
+                hasher.finish()
+            },
         };
         let mut skipped = Vec::new();
         for (index, jwk) in keys.iter().enumerate() {
@@ -130,6 +139,11 @@ impl KeySet {
             return Err(msg);
         }
         Ok(set)
+    }
+
+    /// Whether both sets were parsed from the same document.
+    pub fn same_source(&self, other: &KeySet) -> bool {
+        self.source == other.source && self.symmetric_allowed == other.symmetric_allowed
     }
 
     /// Number of usable keys.

@@ -197,8 +197,17 @@ impl RemoteJwks {
         match outcome {
             Ok(set) => {
                 tracing::debug!(url = %self.url, keys = set.len(), "fetched JWKS");
-                self.keys.store(Some(Arc::new(set)));
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                let unchanged = self
+                    .keys
+                    .load()
+                    .as_ref()
+                    .is_some_and(|current| current.same_source(&set));
+                // The same document again: tokens checked against it stay
+                // checked (the generation is what caches compare).
+                if !unchanged {
+                    self.keys.store(Some(Arc::new(set)));
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 self.last_error.store(None);
             }
             Err(error) => {

@@ -147,3 +147,14 @@ fn debug_output_has_no_key_material() {
     assert!(shown.contains("shared"), "{shown}");
     assert!(!shown.contains(&secret), "{shown}");
 }
+
+#[test]
+fn a_refetched_identical_document_is_the_same_source_and_a_rotation_is_not() {
+    let one = super::ec_key(Algorithm::ES256).jwk;
+    let two = super::ec_key(Algorithm::ES256).jwk;
+    let first = KeySet::from_jwks(&super::jwks(std::slice::from_ref(&one)), false).unwrap();
+    let again = KeySet::from_jwks(&super::jwks(std::slice::from_ref(&one)), false).unwrap();
+    let rotated = KeySet::from_jwks(&super::jwks(&[two]), false).unwrap();
+    assert!(first.same_source(&again));
+    assert!(!first.same_source(&rotated));
+}
