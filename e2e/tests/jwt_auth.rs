@@ -1504,3 +1504,42 @@ async fn claim_headers_are_stripped_where_their_filter_does_not_run() {
     assert!(seen(&reply, "x-user").is_empty(), "x-user passed through");
     assert!(seen(&reply, "x-role").is_empty(), "x-role passed through");
 }
+
+/// A refusal by a Gateway's jwtAuth that runs before routing still carries
+/// the CORS headers of the rule, so a browser can read the 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refusal_keeps_the_rules_cors_headers() {
+    let key = Signer::es256();
+    let echo = Echo::start("backend");
+    let mut gateway_auth: Value = serde_json::from_str(&filter(
+        "jwt",
+        inline_auth(&jwks(&[key.jwk("k1")]), json!({})),
+    ))
+    .unwrap();
+    gateway_auth["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    ]);
+    let rules = r#"  - filters:
+    - type: CORS
+      cors: {allowOrigins: ["https://app.example"], allowMethods: [GET]}
+    backendRefs: [{name: svc, port: 80}]
+"#;
+    let docs = [
+        manifests::gateway(),
+        manifests::service("default", "svc", &[echo.port()]),
+        manifests::route_with_rules("app", HOST, rules),
+        gateway_auth.to_string(),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("\n---\n"))]).await;
+    let reply = send(&gw, "/", &[("origin", "https://app.example")]).await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(
+        reply
+            .headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example"),
+        "{:?}",
+        reply.headers
+    );
+}

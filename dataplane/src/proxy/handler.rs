@@ -161,7 +161,16 @@ impl Dataplane {
                     found = find_route(&table, &conn, &request).map_err(|(e, _)| (e, None));
                 }
                 Err(local) => {
-                    let response = local_response(local, grpc);
+                    let mut response = local_response(local, grpc);
+                    // A browser reads the refusal only with CORS headers.
+                    if let Ok(first) = &found
+                        && let Some(policy) =
+                            first.rule.filters.as_ref().and_then(|f| f.cors.as_ref())
+                        && let CorsDecision::Actual(headers) =
+                            policy.decide(request.method(), request.headers())
+                    {
+                        filters::add_cors(response.headers_mut(), headers);
+                    }
                     let stats = match &found {
                         Ok(first) => &first.rule.stats,
                         Err(_) => self.stats.no_route(),
