@@ -75,7 +75,17 @@ pub struct Override {
     pub by: usize,
     /// "HTTPRoute ns/name rule section".
     pub rule: String,
+    /// The targetRef that brought the overridden Filter to the rule (none
+    /// for an ExtensionRef), so that its ancestor status can say so.
+    pub at: Option<Target>,
 }
+
+/// Names what was overridden where, for one rule.
+type OverrideContext<'c> = (
+    &'c dyn Fn() -> String,
+    &'c dyn Fn(Level) -> Target,
+    &'c mut BTreeSet<Override>,
+);
 
 /// Resolves chains against one store's Filters.
 pub struct Chains<'m, 'a> {
@@ -135,9 +145,35 @@ impl<'m, 'a> Chains<'m, 'a> {
                 section
             )
         };
+        let target = |level: Level| match level {
+            Level::Rule => Target::Rule {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                section: section.clone(),
+            },
+            Level::Route => Target::Route {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+            },
+            Level::Listener => Target::Listener {
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+                section: listener.to_owned(),
+            },
+            Level::Gateway => Target::Gateway {
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+            },
+        };
         self.pick(
             &levels,
-            overrides.map(|o| (&label as &dyn Fn() -> String, o)),
+            overrides.map(|o| {
+                (
+                    &label as &dyn Fn() -> String,
+                    &target as &dyn Fn(Level) -> Target,
+                    o,
+                )
+            }),
         )
     }
 
@@ -186,7 +222,7 @@ impl<'m, 'a> Chains<'m, 'a> {
     fn pick(
         &self,
         levels: &[(Level, Vec<usize>)],
-        mut overrides: Option<(&dyn Fn() -> String, &mut BTreeSet<Override>)>,
+        mut overrides: Option<OverrideContext<'_>>,
     ) -> Steps {
         let mut steps = Steps::new();
         for kind in TYPES {
@@ -196,16 +232,19 @@ impl<'m, 'a> Chains<'m, 'a> {
                         steps.push((i, phase(kind, level), true));
                     }
                 }
-                if let Some((label, overrides)) = overrides.as_mut() {
+                if let Some((label, target, overrides)) = overrides.as_mut() {
                     let others = levels
                         .iter()
-                        .flat_map(|(_, indices)| indices.iter().copied())
-                        .filter(|&i| self.filters.filters[i].kind == kind && !chosen.contains(&i));
-                    for overridden in others {
+                        .flat_map(|(level, indices)| indices.iter().map(move |&i| (*level, i)))
+                        .filter(|&(_, i)| {
+                            self.filters.filters[i].kind == kind && !chosen.contains(&i)
+                        });
+                    for (level, overridden) in others {
                         overrides.insert(Override {
                             overridden,
                             by: chosen[0],
                             rule: label(),
+                            at: self.attached_by(overridden, target(level)),
                         });
                     }
                 }
@@ -227,7 +266,7 @@ impl<'m, 'a> Chains<'m, 'a> {
                         }
                     }
                     Some(by) => {
-                        if let Some((label, overrides)) = overrides.as_mut() {
+                        if let Some((label, target, overrides)) = overrides.as_mut() {
                             // A Filter reaching the rule from two levels
                             // runs once, at the more specific one.
                             let ran = |i: usize| steps.iter().any(|(s, _, _)| *s == i);
@@ -236,6 +275,7 @@ impl<'m, 'a> Chains<'m, 'a> {
                                     overridden,
                                     by,
                                     rule: label(),
+                                    at: self.attached_by(overridden, target(*level)),
                                 });
                             }
                         }
@@ -249,6 +289,17 @@ impl<'m, 'a> Chains<'m, 'a> {
         };
         steps.sort_by_key(key);
         steps
+    }
+
+    /// `target` if Filter `filter` names it in its targetRefs (a rule-level
+    /// Filter may instead come from an ExtensionRef).
+    fn attached_by(&self, filter: usize, target: Target) -> Option<Target> {
+        self.filters.filters[filter]
+            .targets
+            .iter()
+            .flatten()
+            .any(|t| *t == target)
+            .then_some(target)
     }
 
     /// The enforced filters of `kind` at the least specific level (Gateway,
@@ -325,28 +376,37 @@ impl ChainTable {
     }
 }
 
-/// Per overridden Filter, a readable list of what overrode it where.
+/// Per overridden Filter and, when a targetRef brought it, per target (the
+/// `None` entry covers every way), a readable list of what overrode it
+/// where.
 pub fn override_messages(
     overrides: &BTreeSet<Override>,
     filters: &FilterObjects<'_>,
-) -> BTreeMap<usize, String> {
-    let mut by_filter: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+) -> BTreeMap<(usize, Option<Target>), String> {
+    let mut by_filter: BTreeMap<(usize, Option<Target>), BTreeSet<String>> = BTreeMap::new();
     for o in overrides {
         let by = &filters.filters[o.by];
-        by_filter.entry(o.overridden).or_default().push(format!(
-            "Filter {}/{} for {}",
-            by.namespace, by.name, o.rule
-        ));
+        let place = format!("Filter {}/{} for {}", by.namespace, by.name, o.rule);
+        if o.at.is_some() {
+            by_filter
+                .entry((o.overridden, o.at.clone()))
+                .or_default()
+                .insert(place.clone());
+        }
+        by_filter
+            .entry((o.overridden, None))
+            .or_default()
+            .insert(place);
     }
     by_filter
         .into_iter()
-        .map(|(i, mut places)| {
+        .map(|(i, places)| {
             const SHOWN: usize = 5;
             let more = places.len().saturating_sub(SHOWN);
-            places.truncate(SHOWN);
+            let shown: Vec<String> = places.into_iter().take(SHOWN).collect();
             let mut message = format!(
                 "Another filter of the same type runs instead (a more specific one, or one its Gateway enforces): {}",
-                places.join("; ")
+                shown.join("; ")
             );
             if more > 0 {
                 message.push_str(&format!(" (and {more} more)"));

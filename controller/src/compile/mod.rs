@@ -482,17 +482,18 @@ fn filter_statuses(
                     .target_refs
                     .iter()
                     .zip(&f.targets)
-                    .map(|(t, target)| {
-                        (
-                            t.group.clone(),
-                            t.kind.clone(),
-                            t.name.clone(),
-                            t.section_name.clone(),
-                            target.as_ref().is_some_and(exists),
-                        )
+                    .map(|(t, target)| status::conditions::FilterTarget {
+                        group: t.group.clone(),
+                        kind: t.kind.clone(),
+                        name: t.name.clone(),
+                        section: t.section_name.clone(),
+                        exists: target.as_ref().is_some_and(exists),
+                        overridden: target
+                            .as_ref()
+                            .and_then(|t| messages.get(&(i, Some(t.clone()))).cloned()),
                     })
                     .collect(),
-                overridden: messages.get(&i).cloned(),
+                overridden: messages.get(&(i, None)).cloned(),
             };
             let ctx = ConditionContext {
                 generation: f.generation(),

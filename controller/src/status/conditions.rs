@@ -521,10 +521,22 @@ pub fn route(
 pub struct FilterReport {
     /// Why the Filter's content is invalid.
     pub invalid: Option<String>,
-    /// Per targetRef: (group, kind, name, sectionName) and whether the target
-    /// exists.
-    pub targets: Vec<(String, String, String, Option<String>, bool)>,
-    /// Where a more specific filter of the same type runs instead.
+    /// Per targetRef, in spec order.
+    pub targets: Vec<FilterTarget>,
+    /// Where another filter of the same type runs instead, any way the
+    /// Filter reached a rule.
+    pub overridden: Option<String>,
+}
+
+/// One targetRef of a Filter, as its ancestor status reports it.
+#[derive(Debug, Clone, Default)]
+pub struct FilterTarget {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    pub section: Option<String>,
+    pub exists: bool,
+    /// Where another filter replaces what this target attached.
     pub overridden: Option<String>,
 }
 
@@ -546,44 +558,43 @@ pub fn filter(
             &format!("{why}; requests it applies to are answered 500"),
         ),
     };
-    let overridden = match &report.overridden {
+    let overridden_condition = |overridden: Option<&String>| match overridden {
         Some(message) => ctx.condition("Overridden", true, "MoreSpecificFilter", message),
         None => ctx.condition(
             "Overridden",
             false,
             "NotOverridden",
-            "No more specific filter of the same type replaces it",
+            "No other filter of the same type replaces it",
         ),
     };
+    let overridden = overridden_condition(report.overridden.as_ref());
     let ancestors: Vec<Value> = report
         .targets
         .iter()
-        .map(|(group, kind, target, section, exists)| {
+        .map(|t| {
             let mut reference = serde_json::Map::new();
-            reference.insert("group".into(), group.clone().into());
-            reference.insert("kind".into(), kind.clone().into());
+            reference.insert("group".into(), t.group.clone().into());
+            reference.insert("kind".into(), t.kind.clone().into());
             reference.insert("namespace".into(), namespace.into());
-            reference.insert("name".into(), target.clone().into());
-            if let Some(section) = section {
+            reference.insert("name".into(), t.name.clone().into());
+            if let Some(section) = &t.section {
                 reference.insert("sectionName".into(), section.clone().into());
             }
-            let accepted = match (exists, &report.invalid) {
+            let accepted = match (t.exists, &report.invalid) {
                 (_, Some(_)) => accepted.clone(),
                 (true, None) => ctx.condition("Accepted", true, "Accepted", "Filter is attached"),
                 (false, None) => ctx.condition(
                     "Accepted",
                     false,
                     "TargetNotFound",
-                    &format!("{kind} {namespace}/{target} not found"),
+                    &format!("{} {namespace}/{} not found", t.kind, t.name),
                 ),
             };
+            let conditions = vec![accepted, overridden_condition(t.overridden.as_ref())];
             object([
                 ("ancestorRef", Value::Object(reference)),
                 ("controllerName", CONTROLLER_NAME.into()),
-                (
-                    "conditions",
-                    Value::Array(vec![accepted, overridden.clone()]),
-                ),
+                ("conditions", Value::Array(conditions)),
             ])
         })
         .collect();
