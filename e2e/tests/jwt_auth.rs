@@ -209,12 +209,13 @@ fn filter(name: &str, jwt_auth: Value) -> String {
     .to_string()
 }
 
-/// A Secret in `default` holding `jwks` under `jwks.json`.
+/// A Secret in `default` labelled as a JWKS, holding `jwks` under
+/// `jwks.json`.
 fn jwks_secret(name: &str, jwks: &str) -> String {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default", "labels": {"gatehouse.dev/jwks": "true"}},
         "type": "Opaque",
         "stringData": {"jwks.json": jwks},
     })
@@ -1542,4 +1543,39 @@ async fn an_early_refusal_keeps_the_rules_cors_headers() {
         "{:?}",
         reply.headers
     );
+}
+
+/// `stripAuthorization` removes the header only once the route is chosen:
+/// a route matching on it is still found after a claims lookup, and the
+/// backend never sees the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_is_stripped_after_routing_not_before() {
+    let key = Signer::es256();
+    let bearer = Echo::start("bearer");
+    let mut gateway_auth: Value = serde_json::from_str(&filter(
+        "jwt",
+        inline_auth(&jwks(&[key.jwk("k1")]), json!({"stripAuthorization": true})),
+    ))
+    .unwrap();
+    gateway_auth["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}
+    ]);
+    let rules = r#"  - matches: [{headers: [{name: authorization, type: RegularExpression, value: "Bearer .+"}]}]
+    backendRefs: [{name: bearer, port: 80}]
+"#;
+    let docs = [
+        manifests::gateway(),
+        manifests::service("default", "bearer", &[bearer.port()]),
+        manifests::route_with_rules("tokens", HOST, rules),
+        gateway_auth.to_string(),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("\n---\n"))]).await;
+    let reply = with_token(&gw, "/", &key.token(Some("k1"), &claims("alice"))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.backend(), Some("bearer"));
+    assert!(
+        seen(&reply, "authorization").is_empty(),
+        "the token went upstream"
+    );
+    assert_eq!(seen(&reply, "x-user"), ["alice"]);
 }

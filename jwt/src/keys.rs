@@ -66,9 +66,9 @@ pub struct KeySet {
     unnamed: Vec<Key>,
     len: usize,
     symmetric_allowed: bool,
-    /// Hash of the document it was parsed from, so that a refetch of the
-    /// same document can be told from a rotation.
-    source: u64,
+    /// SHA-256 of the document it was parsed from, so that a refetch of
+    /// the same document can be told from a rotation.
+    source: [u8; 32],
 }
 
 /// Why a key set could not offer a key for a token.
@@ -106,10 +106,8 @@ impl KeySet {
             len: 0,
             symmetric_allowed,
             source: {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                json.hash(&mut hasher);
-                hasher.finish()
+                use sha2::Digest;
+                sha2::Sha256::digest(json).into()
             },
         };
         let mut skipped = Vec::new();

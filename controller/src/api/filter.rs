@@ -51,10 +51,10 @@ pub struct FilterSpec {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = -1000, max = 1000))]
     pub order: i32,
-    /// For a Filter attached to Gateways or listeners: it runs for every
-    /// route there, and filters of its type attached to routes or rules do
-    /// not replace it (they do not run). Lets a Gateway's owner set a floor
-    /// (a deny list, authentication) that route owners cannot switch off.
+    /// For a Filter attached to Gateways or listeners: it always runs for
+    /// every route there, and filters of its type attached to routes or
+    /// rules do not. Lets a Gateway's owner set a floor (a deny list,
+    /// authentication) that route owners cannot switch off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enforce: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,8 +283,8 @@ pub struct JwksSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262144))]
     pub inline: Option<String>,
-    /// A Secret in the Filter's namespace holding a JWKS document; may hold
-    /// symmetric (`oct`) keys for HS256.
+    /// A Secret in the Filter's namespace, labelled `gatehouse.dev/jwks`,
+    /// holding a JWKS document; may hold symmetric (`oct`) keys for HS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
     /// Fetched and refreshed by each data plane.

@@ -11,9 +11,10 @@
 //! do not, for that rule, and their status says which Filter overrode them.
 //! Nothing is merged. Several filters of one type at one level all run.
 //! The one exception is the platform team's: a Filter attached to a Gateway
-//! or listener with `enforce: true` wins for its type over every more
-//! specific one (the least specific enforced level wins), so routes cannot
-//! switch off a Gateway-wide deny list or authentication.
+//! or listener with `enforce: true` always runs, and filters of its type
+//! attached to the route or rule do not (those of the Gateway and listener
+//! still follow the rule above), so routes cannot switch off a
+//! Gateway-wide deny list or authentication.
 //!
 //! The chain is sorted by phase (see `Phase`), then `order`, then
 //! namespace and name.
@@ -198,6 +199,27 @@ impl<'m, 'a> Chains<'m, 'a> {
             .collect()
     }
 
+    /// The headers the jwtAuth filters attached to a listener or its
+    /// Gateway write claims to, sorted; an invalid Filter's too, so that a
+    /// broken filter never lets a client's copy through.
+    pub fn claim_headers(&self, gateway: &GatewayModel<'_>, listener: &str) -> Vec<String> {
+        if self.filters.is_empty() {
+            return Vec::new();
+        }
+        let mut names: Vec<String> = self
+            .listener_level(gateway, listener)
+            .into_iter()
+            .chain(self.gateway_level(gateway))
+            .filter_map(|i| self.filters.filters[i].object.spec.jwt_auth.as_ref())
+            .flat_map(|auth| auth.claims_to_headers.iter())
+            .map(|c| c.header.to_ascii_lowercase())
+            .filter(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     fn listener_level(&self, gateway: &GatewayModel<'_>, listener: &str) -> Vec<usize> {
         self.filters
             .targeting(&Target::Listener {
@@ -217,8 +239,10 @@ impl<'m, 'a> Chains<'m, 'a> {
             .to_vec()
     }
 
-    /// Per type, the filters of the most specific level that has one, or
-    /// the enforced ones of the least specific level that has any.
+    /// Per type, the filters of the most specific level that has one; or,
+    /// when the Gateway or listener enforces some, those plus the most
+    /// specific ones of the Gateway and listener levels, and none of the
+    /// route's or rule's.
     fn pick(
         &self,
         levels: &[(Level, Vec<usize>)],
@@ -226,59 +250,40 @@ impl<'m, 'a> Chains<'m, 'a> {
     ) -> Steps {
         let mut steps = Steps::new();
         for kind in TYPES {
-            if let Some((level, chosen)) = self.enforced(levels, kind) {
-                for &i in &chosen {
-                    if !steps.iter().any(|(s, _, _)| *s == i) {
-                        steps.push((i, phase(kind, level), true));
-                    }
-                }
-                if let Some((label, target, overrides)) = overrides.as_mut() {
-                    let others = levels
-                        .iter()
-                        .flat_map(|(level, indices)| indices.iter().map(move |&i| (*level, i)))
-                        .filter(|&(_, i)| {
-                            self.filters.filters[i].kind == kind && !chosen.contains(&i)
-                        });
-                    for (level, overridden) in others {
-                        overrides.insert(Override {
-                            overridden,
-                            by: chosen[0],
-                            rule: label(),
-                            at: self.attached_by(overridden, target(level)),
-                        });
-                    }
-                }
+            let enforced = self.enforced(levels, kind);
+            if enforced.is_empty() {
+                self.pick_kind(kind, levels, &mut steps, &mut overrides);
                 continue;
             }
-            let mut winner: Option<usize> = None;
-            for (level, indices) in levels {
-                let of_kind = indices
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.filters.filters[i].kind == kind);
-                match winner {
-                    None => {
-                        for i in of_kind {
-                            winner.get_or_insert(i);
-                            if !steps.iter().any(|(s, _, _)| *s == i) {
-                                steps.push((i, phase(kind, *level), level.gateway_scope()));
-                            }
-                        }
-                    }
-                    Some(by) => {
-                        if let Some((label, target, overrides)) = overrides.as_mut() {
-                            // A Filter reaching the rule from two levels
-                            // runs once, at the more specific one.
-                            let ran = |i: usize| steps.iter().any(|(s, _, _)| *s == i);
-                            for overridden in of_kind.filter(|&i| !ran(i)) {
-                                overrides.insert(Override {
-                                    overridden,
-                                    by,
-                                    rule: label(),
-                                    at: self.attached_by(overridden, target(*level)),
-                                });
-                            }
-                        }
+            for &(level, i) in &enforced {
+                if !steps.iter().any(|(s, _, _)| *s == i) {
+                    steps.push((i, phase(kind, level), true));
+                }
+            }
+            let is_enforced = |i: usize| enforced.iter().any(|&(_, e)| e == i);
+            let gateway_levels: Vec<(Level, Vec<usize>)> = levels
+                .iter()
+                .filter(|(level, _)| level.gateway_scope())
+                .map(|(level, indices)| {
+                    let rest = indices.iter().copied().filter(|&i| !is_enforced(i));
+                    (*level, rest.collect())
+                })
+                .collect();
+            self.pick_kind(kind, &gateway_levels, &mut steps, &mut overrides);
+            if let Some((label, target, overrides)) = overrides.as_mut() {
+                let route_levels = levels.iter().filter(|(level, _)| !level.gateway_scope());
+                for (level, indices) in route_levels {
+                    let of_kind = indices.iter().copied().filter(|&i| {
+                        self.filters.filters[i].kind == kind
+                            && !steps.iter().any(|(s, _, _)| *s == i)
+                    });
+                    for overridden in of_kind {
+                        overrides.insert(Override {
+                            overridden,
+                            by: enforced[0].1,
+                            rule: label(),
+                            at: self.attached_by(overridden, target(*level)),
+                        });
                     }
                 }
             }
@@ -289,6 +294,49 @@ impl<'m, 'a> Chains<'m, 'a> {
         };
         steps.sort_by_key(key);
         steps
+    }
+
+    /// The filters of `kind` of the most specific of `levels` that has
+    /// one; the others of that kind are overridden.
+    fn pick_kind(
+        &self,
+        kind: FilterType,
+        levels: &[(Level, Vec<usize>)],
+        steps: &mut Steps,
+        overrides: &mut Option<OverrideContext<'_>>,
+    ) {
+        let mut winner: Option<usize> = None;
+        for (level, indices) in levels {
+            let of_kind = indices
+                .iter()
+                .copied()
+                .filter(|&i| self.filters.filters[i].kind == kind);
+            match winner {
+                None => {
+                    for i in of_kind {
+                        winner.get_or_insert(i);
+                        if !steps.iter().any(|(s, _, _)| *s == i) {
+                            steps.push((i, phase(kind, *level), level.gateway_scope()));
+                        }
+                    }
+                }
+                Some(by) => {
+                    if let Some((label, target, overrides)) = overrides.as_mut() {
+                        // A Filter reaching the rule from two levels runs
+                        // once, at the more specific one.
+                        let ran = |i: usize| steps.iter().any(|(s, _, _)| *s == i);
+                        for overridden in of_kind.filter(|&i| !ran(i)) {
+                            overrides.insert(Override {
+                                overridden,
+                                by,
+                                rule: label(),
+                                at: self.attached_by(overridden, target(*level)),
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `target` if Filter `filter` names it in its targetRefs (a rule-level
@@ -302,25 +350,19 @@ impl<'m, 'a> Chains<'m, 'a> {
             .then_some(target)
     }
 
-    /// The enforced filters of `kind` at the least specific level (Gateway,
-    /// then listener) that has any: a platform team's floor that routes
-    /// cannot replace.
-    fn enforced(
-        &self,
-        levels: &[(Level, Vec<usize>)],
-        kind: FilterType,
-    ) -> Option<(Level, Vec<usize>)> {
-        levels.iter().rev().find_map(|(level, indices)| {
-            let chosen: Vec<usize> = indices
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let f = &self.filters.filters[i];
-                    f.kind == kind && f.enforce && level.gateway_scope()
-                })
-                .collect();
-            (!chosen.is_empty()).then_some((*level, chosen))
-        })
+    /// The enforced filters of `kind` attached to the Gateway or the
+    /// listener, with their level: floors set by the Gateway's owner, all
+    /// of which run.
+    fn enforced(&self, levels: &[(Level, Vec<usize>)], kind: FilterType) -> Vec<(Level, usize)> {
+        levels
+            .iter()
+            .filter(|(level, _)| level.gateway_scope())
+            .flat_map(|(level, indices)| indices.iter().map(move |&i| (*level, i)))
+            .filter(|&(_, i)| {
+                let f = &self.filters.filters[i];
+                f.kind == kind && f.enforce
+            })
+            .collect()
     }
 }
 

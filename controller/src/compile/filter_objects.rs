@@ -363,6 +363,17 @@ fn rate_limit(spec: &RateLimit) -> Result<pb::RateLimit, String> {
     if burst == 0 {
         return Err("spec.rateLimit.burst: must be at least 1".into());
     }
+    // A full bucket refills in burst × period / requests; data planes count
+    // time in 64-bit nanoseconds, so anything near their range would
+    // quietly shrink the burst.
+    const TEN_YEARS_MS: u128 = 10 * 365 * 24 * 3_600_000;
+    let refill_ms = u128::from(burst) * u128::from(period_ms) / u128::from(spec.requests);
+    if refill_ms > TEN_YEARS_MS {
+        return Err(format!(
+            "spec.rateLimit: a full bucket would take longer than ten years to refill ({burst} × {} / {})",
+            spec.period, spec.requests
+        ));
+    }
     let (key, key_name) = match &spec.key {
         None => (pb::RateLimitKey::ClientIp, String::new()),
         Some(k) => {
@@ -469,15 +480,22 @@ fn jwt_auth(store: &Store, namespace: &str, spec: &JwtAuth) -> Result<pb::JwtAut
         pb::jwt_auth::Jwks::StaticJwks(inline.clone().into_bytes())
     } else if let Some(secret_ref) = &spec.jwks.secret_ref {
         let key = secret_ref.key.as_deref().unwrap_or("jwks.json");
+        // Only Secrets labelled as JWKS, in both modes: in a cluster they
+        // are the only ones the controller sees, and manifests keep to the
+        // same contract.
         let secret = store
             .jwks_secrets()
             .find(|s| {
                 s.metadata.namespace.as_deref().unwrap_or("default") == namespace
                     && s.metadata.name.as_deref() == Some(secret_ref.name.as_str())
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(crate::api::JWKS_SECRET_LABEL))
             })
             .ok_or_else(|| {
                 format!(
-                    "{field}.jwks.secretRef: Secret {namespace}/{} not found (in a cluster it must carry the label {})",
+                    "{field}.jwks.secretRef: Secret {namespace}/{} not found, or without the label {}",
                     secret_ref.name,
                     crate::api::JWKS_SECRET_LABEL
                 )

@@ -53,6 +53,7 @@ struct ListenerBuild {
     certificates: Vec<Certificate>,
     hosts: BTreeMap<String, Vec<(Precedence, RouteMatch)>>,
     chain: u32,
+    claim_headers: BTreeSet<String>,
 }
 
 /// The (unsealed) snapshot of one group.
@@ -97,6 +98,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                 );
                 let listener_origin = origin("Gateway", &g.namespace, &g.name, &l.name);
                 let chain = chain_table.intern(&input.chains.for_listener(g, &l.name));
+                let claim_headers = input.chains.claim_headers(g, &l.name);
                 // Listeners of different Gateways with the same hostname on
                 // one socket serve the union of their routes (a Gateway's own
                 // duplicates are HostnameConflict and never get here); the
@@ -115,6 +117,8 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                         } else {
                             merged.certificates.extend(l.certificates.iter().cloned());
                         }
+                        // Every Gateway's claim headers on the merged listener.
+                        merged.claim_headers.extend(claim_headers);
                         let mut seen = BTreeSet::new();
                         merged.certificates.retain(|c| seen.insert(c.name.clone()));
                         existing
@@ -127,6 +131,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                             certificates: l.certificates.clone(),
                             hosts: BTreeMap::new(),
                             chain,
+                            claim_headers: claim_headers.into_iter().collect(),
                         });
                         listeners.len() - 1
                     }
@@ -232,6 +237,7 @@ fn finish_listeners(mut listeners: Vec<ListenerBuild>) -> Vec<Listener> {
                 hosts,
                 certificates: l.certificates,
                 chain: l.chain,
+                claim_headers: l.claim_headers.into_iter().collect(),
             }
         })
         .collect()

@@ -136,6 +136,12 @@ impl JwtAuth {
         })
     }
 
+    /// Whether the Authorization header must go before the request is
+    /// forwarded (done after routing, which may match on it).
+    pub fn strips_authorization(&self) -> bool {
+        self.strip_authorization
+    }
+
     /// Whether it copies claims to request headers.
     pub fn writes_headers(&self) -> bool {
         !self.claims_to_headers.is_empty()
@@ -196,9 +202,6 @@ impl JwtAuth {
         let identity = self.verify(token, now).await?;
         for (name, value) in identity.headers.iter() {
             headers.insert(name.clone(), value.clone());
-        }
-        if self.strip_authorization {
-            headers.remove(header::AUTHORIZATION);
         }
         Ok(Some(identity))
     }

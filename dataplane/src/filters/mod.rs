@@ -117,6 +117,8 @@ pub struct Passed {
     /// Filters already run (the gateway phases, before a second route
     /// lookup): not run again.
     pub ran: Vec<Arc<Filter>>,
+    /// A jwtAuth asked for Authorization to be removed before forwarding.
+    pub strip_authorization: bool,
 }
 
 impl Step {
@@ -223,6 +225,7 @@ impl Chain {
                     })? {
                         claims = Some(verified);
                     }
+                    passed.strip_authorization |= auth.strips_authorization();
                 }
                 Kind::RateLimit(limit) => {
                     let decision =

@@ -131,9 +131,7 @@ impl Dataplane {
         let table = self.table.load_full();
         let grpc = is_grpc(&request);
         let mut request = request;
-        for name in table.claim_headers() {
-            request.headers_mut().remove(name);
-        }
+        strip_claim_headers(&table, &conn, &mut request);
         let mut found = find_route(&table, &conn, &request);
         let mut early = Passed::default();
         // Claims a Gateway's jwtAuth writes to headers are part of what
@@ -157,8 +155,7 @@ impl Dataplane {
             match phases.await {
                 Ok(passed) => {
                     early = passed;
-                    // The listener's filters just ran: not again on a miss.
-                    found = find_route(&table, &conn, &request).map_err(|(e, _)| (e, None));
+                    found = find_route(&table, &conn, &request);
                 }
                 Err(local) => {
                     let mut response = local_response(local, grpc);
@@ -187,7 +184,7 @@ impl Dataplane {
             ),
             Err((error, Some(chain))) => (
                 self.stats.no_route(),
-                Box::pin(unrouted(chain, &conn, request, error, grpc)).await,
+                Box::pin(unrouted(chain, &conn, request, error, grpc, early)).await,
             ),
             Err((error, None)) => (self.stats.no_route(), Err(error)),
         };
@@ -270,6 +267,9 @@ impl Dataplane {
                     return Ok(response);
                 }
             }
+        }
+        if passed.strip_authorization {
+            request.headers_mut().remove(header::AUTHORIZATION);
         }
         let body_too_large = passed.body_limit.map(|max| client_body.limit(max));
         let request = request.map(|()| RequestBody::Client(client_body));
@@ -639,15 +639,14 @@ async fn unrouted(
     mut request: Request<Incoming>,
     error: ProxyError,
     grpc: bool,
+    early: Passed,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let facts = RequestFacts {
         peer: conn.client.ip(),
         rule: "",
     };
-    match chain
-        .run(facts, request.headers_mut(), Passed::default())
-        .await
-    {
+    // `early` names what ran before a second lookup: not run again.
+    match chain.run(facts, request.headers_mut(), early).await {
         Ok(_) => Err(error),
         Err(local) => Ok(local_response(local, grpc)),
     }
@@ -687,6 +686,26 @@ fn local_response(local: Local, grpc: bool) -> Response<ProxyBody> {
         headers.append(name, value);
     }
     response
+}
+
+/// Removes the client's copies of the headers the listener's jwtAuth
+/// filters write claims to (see `Listener::claim_headers`).
+fn strip_claim_headers(table: &Table, conn: &Connection, request: &mut Request<Incoming>) {
+    let Some(port) = table.port(&conn.port) else {
+        return;
+    };
+    let listener = {
+        let Ok(authority) = client_authority(request) else {
+            return;
+        };
+        let Ok(host) = normalize_host(authority) else {
+            return;
+        };
+        port.listener(&host)
+    };
+    for name in listener.iter().flat_map(|l| l.claim_headers.iter()) {
+        request.headers_mut().remove(name);
+    }
 }
 
 /// The method a CORS preflight (Fetch standard: an OPTIONS request with

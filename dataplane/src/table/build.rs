@@ -92,26 +92,10 @@ impl Table {
             port_keys: port_keys.into(),
             rules: rules.into(),
             clusters: clusters.into(),
-            claim_headers: claim_headers(&filters),
             filters: filters.into(),
             chains: chains.into(),
         })
     }
-}
-
-fn claim_headers(filters: &[Arc<crate::filters::Filter>]) -> Box<[http::HeaderName]> {
-    let mut names: Vec<http::HeaderName> = filters
-        .iter()
-        .filter_map(|f| match &f.kind {
-            crate::filters::Kind::JwtAuth(auth) => Some(auth.claim_headers()),
-            _ => None,
-        })
-        .flatten()
-        .cloned()
-        .collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    names.dedup();
-    names.into()
 }
 
 fn build_port(port: &pb::Port, i: usize, counts: Counts) -> Result<(PortKey, Port), BuildError> {
@@ -207,6 +191,19 @@ fn build_listener(
             format!("chain {chain} out of range"),
         ));
     }
+    let claim_headers = listener
+        .claim_headers
+        .iter()
+        .map(|h| {
+            http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                BuildError::new(
+                    object.clone(),
+                    format!("{field}.claim_headers"),
+                    format!("{h:?} is not a header name"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Listener {
         object: object.into(),
         hostname,
@@ -214,6 +211,7 @@ fn build_listener(
         wildcards: wildcards.into(),
         any,
         chain,
+        claim_headers,
     })
 }
 

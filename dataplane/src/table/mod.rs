@@ -65,11 +65,6 @@ pub struct Table {
     /// gatehouse.dev filters, and the chains over them.
     filters: Box<[Arc<Filter>]>,
     chains: Box<[Arc<Chain>]>,
-    /// Every header a jwtAuth of the snapshot writes claims to: removed
-    /// from each client request before anything else sees it, so that no
-    /// route, filter or backend ever takes a client's copy for a verified
-    /// claim, whichever filters run for the request.
-    claim_headers: Box<[http::HeaderName]>,
 }
 
 #[derive(Debug)]
@@ -93,6 +88,11 @@ pub struct Listener {
     /// 1 + chain index of the gateway-phase filters, for requests that
     /// match no route; 0 for none.
     chain: usize,
+    /// Headers the listener's and its Gateway's jwtAuth filters write
+    /// claims to: removed from each client request before routing, so that
+    /// no route, filter or backend takes a client's copy for a verified
+    /// claim, whichever filters then run.
+    pub claim_headers: Box<[http::HeaderName]>,
 }
 
 #[derive(Debug, Default)]
@@ -140,13 +140,7 @@ impl Table {
             clusters: Box::default(),
             filters: Box::default(),
             chains: Box::default(),
-            claim_headers: Box::default(),
         }
-    }
-
-    /// See `Table::claim_headers` (the field).
-    pub fn claim_headers(&self) -> &[http::HeaderName] {
-        &self.claim_headers
     }
 
     /// Chain `1 + index`, or none for 0.
