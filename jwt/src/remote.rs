@@ -238,7 +238,25 @@ pub fn validate_jwks_url(url: &str) -> Result<(), String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("JWKS URL {url:?} has no host"));
     }
+    // A URL is shown in status, debug output and logs: no place for a
+    // password (a JWKS is public by nature anyway).
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("JWKS URL must not carry credentials (user:password@)".into());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::validate_jwks_url;
+
+    #[test]
+    fn jwks_urls_are_http_with_a_host_and_no_credentials() {
+        assert!(validate_jwks_url("https://login.example/.well-known/jwks.json").is_ok());
+        assert!(validate_jwks_url("ftp://login.example/jwks").is_err());
+        assert!(validate_jwks_url("https://user:secret@login.example/jwks").is_err());
+        assert!(validate_jwks_url("https://token@login.example/jwks").is_err());
+    }
 }
 
 struct RefreshTask {

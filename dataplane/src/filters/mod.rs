@@ -286,6 +286,11 @@ impl RateLimit {
                 let ip = client_address::client_ip(facts.peer, headers, self.trusted_hops);
                 match ip {
                     IpAddr::V4(v4) => self.limiter.check(&v4.octets()),
+                    // IPv4 clients behind a NAT64 translator (64:ff9b::/96)
+                    // are told apart by the address they embed.
+                    IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+                        self.limiter.check(&v6.octets()[12..])
+                    }
                     // A client holds a whole /64: keyed by single addresses,
                     // it would get a fresh bucket per address it picks.
                     IpAddr::V6(v6) => self.limiter.check(&v6.octets()[..8]),
@@ -440,4 +445,47 @@ pub fn build_chains(
             }))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_client(burst: u32) -> RateLimit {
+        RateLimit {
+            limiter: Arc::new(RateLimiter::new(
+                1,
+                std::time::Duration::from_secs(60),
+                burst,
+            )),
+            key: pb::RateLimitKey::ClientIp,
+            key_name: "".into(),
+            trusted_hops: 0,
+        }
+    }
+
+    fn admitted(limit: &RateLimit, peer: &str) -> bool {
+        let facts = RequestFacts {
+            peer: peer.parse().unwrap(),
+            rule: "",
+        };
+        limit.check(facts, &HeaderMap::new(), None).admitted
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_nat64_ones_by_the_ipv4_they_embed() {
+        let limit = per_client(1);
+        assert!(admitted(&limit, "2001:db8:1:2::1"));
+        assert!(
+            !admitted(&limit, "2001:db8:1:2::99"),
+            "another address of the same /64 shares the bucket"
+        );
+        assert!(admitted(&limit, "2001:db8:1:3::1"), "another /64");
+        assert!(admitted(&limit, "64:ff9b::c000:201"));
+        assert!(
+            admitted(&limit, "64:ff9b::c000:202"),
+            "another IPv4 client behind the same translator"
+        );
+        assert!(!admitted(&limit, "64:ff9b::c000:201"));
+    }
 }
