@@ -27,6 +27,7 @@ use serde_json::Value;
 
 pub mod kube_lite;
 pub mod tls;
+pub mod tokens;
 
 /// Logical ports in test manifests are bound at port + this offset.
 pub const PORT_OFFSET: u16 = 20000;
@@ -360,6 +361,11 @@ impl Reply {
             .unwrap_or_else(|_| panic!("not an echo reply ({}): {}", self.status, self.text()))
     }
 
+    /// Every value the echo backend received for header `name`.
+    pub fn echoed(&self, name: &str) -> Vec<String> {
+        echoed_header(&self.echo(), name)
+    }
+
     /// Which echo backend answered.
     pub fn backend(&self) -> Option<&str> {
         self.headers
@@ -494,6 +500,20 @@ pub fn tally(replies: &[Reply]) -> BTreeMap<String, usize> {
 }
 
 /// Manifests shared by most tests.
+/// Every value of header `name` in an echo backend's description of a
+/// request.
+pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
+    echo["headers"][name]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub mod manifests {
     /// Our GatewayClass and a Gateway named `gw` in `default` with one HTTP
     /// listener on port 80 accepting routes from all namespaces.

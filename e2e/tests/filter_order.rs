@@ -9,85 +9,19 @@
 //! (the socket is bound before it connects).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use gatehouse_e2e::tokens::{JwksServer, Mode, Signer, jwks, now};
 use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, manifests};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use jsonwebtoken::{Algorithm, EncodingKey};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
 
 const ISSUER: &str = "https://issuer.example";
 
 // ---------------------------------------------------------------------------
 // Keys and tokens
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// A P-256 private key to sign with and the public JWK that verifies it.
-struct Signer {
-    encoding: EncodingKey,
-    /// Public JWK, without `kid`.
-    jwk: Value,
-}
-
-impl Signer {
-    fn es256() -> Signer {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("P-256 key generation");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .expect("P-256 key");
-        // Uncompressed point: 0x04 || x || y.
-        let point = pair.public_key().as_ref();
-        Signer {
-            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            jwk: json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])}),
-        }
-    }
-
-    fn jwk(&self, kid: &str) -> Value {
-        let mut jwk = self.jwk.clone();
-        jwk["kid"] = json!(kid);
-        jwk
-    }
-
-    /// An ES256 token with `kid` in its header.
-    fn token(&self, kid: &str, claims: &Value) -> String {
-        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
-        let input = format!(
-            "{}.{}",
-            b64(&serde_json::to_vec(&header).expect("header JSON")),
-            b64(&serde_json::to_vec(claims).expect("claims JSON")),
-        );
-        let signature =
-            jsonwebtoken::crypto::sign(input.as_bytes(), &self.encoding, Algorithm::ES256)
-                .expect("signing");
-        format!("{input}.{signature}")
-    }
-}
-
-fn jwks(keys: &[Value]) -> String {
-    json!({ "keys": keys }).to_string()
-}
 
 /// Claims that pass every check of the filters below for `issuer`.
 fn claims_from(issuer: &str, sub: &str) -> Value {
@@ -255,20 +189,6 @@ fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
     reply.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Every value the echo backend received for header `name`.
-fn seen(reply: &Reply, name: &str) -> Vec<String> {
-    reply.echo()["headers"][name]
-        .as_array()
-        .map(|values| {
-            values
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// 403 from ipAccess: no challenge, no backend.
 fn assert_forbidden(reply: &Reply, case: &str) {
     assert_eq!(reply.status, 403, "{case}: {}", reply.text());
     assert_eq!(
@@ -311,68 +231,12 @@ async fn filter_status(gw: &Standalone, name: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------
-// A JWKS server that counts fetches
-
-struct JwksServer {
-    url: String,
-    hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl JwksServer {
-    async fn start(body: String) -> JwksServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
-        let addr = listener.local_addr().expect("local address");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        JwksServer {
-            url: format!("http://{addr}/jwks.json"),
-            hits,
-            task,
-        }
-    }
-
-    /// Connections accepted so far: one per fetch, since every answer closes.
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // 1. ipAccess before jwtAuth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_access_refuses_before_jwt_auth_runs() {
     let key = Signer::es256();
-    let server = JwksServer::start(jwks(&[key.jwk("k1")])).await;
+    let server = JwksServer::start(jwks(&[key.jwk("k1")]), Mode::Serve).await;
     let echo = record("app");
     let denied = v4(127, 221, 0, 9);
     let allowed = v4(127, 221, 0, 10);
@@ -405,8 +269,8 @@ async fn ip_access_refuses_before_jwt_auth_runs() {
     ];
     let gw = start(&documents).await;
 
-    let valid = key.token("k1", &claims("alice"));
-    let unknown_kid = Signer::es256().token("no-such-kid", &claims("mallory"));
+    let valid = key.token(Some("k1"), &claims("alice"));
+    let unknown_kid = Signer::es256().token(Some("no-such-kid"), &claims("mallory"));
 
     // The denied client is refused whatever it sends, before any token is
     // looked at: the remote key set is fetched lazily, on the first token
@@ -457,7 +321,7 @@ async fn ip_access_refuses_before_jwt_auth_runs() {
     )
     .await;
     assert_passed(&reply, "app", "allowed, valid token");
-    assert_eq!(seen(&reply, "x-user"), ["alice"]);
+    assert_eq!(reply.echoed("x-user"), ["alice"]);
     let fetched = server.hits();
     assert_eq!(fetched, 1, "the first verified token fetches the set once");
 
@@ -536,7 +400,7 @@ async fn a_rate_limit_keyed_by_a_claim_sees_the_verified_claim() {
     ];
     let gw = start(&documents).await;
     let client = HttpClient::new();
-    let token = |sub: &str| bearer(&key.token("k1", &claims(sub)));
+    let token = |sub: &str| bearer(&key.token(Some("k1"), &claims(sub)));
     let statuses = |sub: &'static str, extra: &'static [(&'static str, &'static str)]| {
         let (client, gw, auth) = (&client, &gw, token(sub));
         async move {
@@ -555,7 +419,7 @@ async fn a_rate_limit_keyed_by_a_claim_sees_the_verified_claim() {
 
     // A forged token claiming carol is refused before the limit sees it:
     // carol's bucket stays full.
-    let forged = bearer(&Signer::es256().token("k1", &claims("carol")));
+    let forged = bearer(&Signer::es256().token(Some("k1"), &claims("carol")));
     for i in 0..4 {
         let reply = get(&client, &gw, "api.test", "/", &[("authorization", &forged)]).await;
         assert_unauthorized(&reply, &format!("forged carol #{i}"));
@@ -590,7 +454,7 @@ async fn a_rate_limit_keyed_by_a_claim_sees_the_verified_claim() {
     )
     .await;
     assert_passed(&reply, "api", "dave posing as alice");
-    assert_eq!(seen(&reply, "x-user"), ["dave"], "{}", reply.text());
+    assert_eq!(reply.echoed("x-user"), ["dave"], "{}", reply.text());
     assert_eq!(header(&reply, "ratelimit-remaining"), Some("1"));
     assert_eq!(
         statuses("dave", &[("x-user", "zed")]).await,
@@ -639,8 +503,8 @@ async fn a_rate_limit_keyed_by_client_ip_runs_after_authentication() {
     let gw = start(&documents).await;
     let client_a = v4(127, 223, 0, 1);
     let client_b = v4(127, 223, 0, 2);
-    let valid = bearer(&key.token("k1", &claims("alice")));
-    let forged = bearer(&Signer::es256().token("k1", &claims("alice")));
+    let valid = bearer(&key.token(Some("k1"), &claims("alice")));
+    let forged = bearer(&Signer::es256().token(Some("k1"), &claims("alice")));
 
     for i in 0..5 {
         let reply = get_from(&gw, client_a, "app.test", "/", &[]).await;
@@ -726,8 +590,8 @@ async fn a_route_level_jwt_auth_overrides_the_gateways() {
     ];
     let gw = start(&documents).await;
     let client = HttpClient::new();
-    let from_a = bearer(&key_a.token("a1", &claims_from(ISSUER_A, "alice")));
-    let from_b = bearer(&key_b.token("b1", &claims_from(ISSUER_B, "bob")));
+    let from_a = bearer(&key_a.token(Some("a1"), &claims_from(ISSUER_A, "alice")));
+    let from_b = bearer(&key_b.token(Some("b1"), &claims_from(ISSUER_B, "bob")));
     let send = |host: &'static str, path: &'static str, auth: Option<&str>| {
         let (client, gw) = (&client, &gw);
         let auth = auth.map(str::to_owned);
@@ -743,10 +607,10 @@ async fn a_route_level_jwt_auth_overrides_the_gateways() {
     // The rule with its own, optional, jwtAuth for issuer B.
     let reply = send("mixed.test", "/optional", None).await;
     assert_passed(&reply, "open", "rule B, no token");
-    assert!(seen(&reply, "x-user").is_empty(), "{}", reply.text());
+    assert!(reply.echoed("x-user").is_empty(), "{}", reply.text());
     let reply = send("mixed.test", "/optional/x", Some(&from_b)).await;
     assert_passed(&reply, "open", "rule B, B's token");
-    assert_eq!(seen(&reply, "x-user"), ["bob"]);
+    assert_eq!(reply.echoed("x-user"), ["bob"]);
     assert_unauthorized(
         &send("mixed.test", "/optional", Some(&from_a)).await,
         "rule B, A's token",
@@ -767,7 +631,7 @@ async fn a_route_level_jwt_auth_overrides_the_gateways() {
         );
         let reply = send(host, path, Some(&from_a)).await;
         assert_passed(&reply, backend, &format!("{host}{path}, A's token"));
-        assert_eq!(seen(&reply, "x-user"), ["alice"]);
+        assert_eq!(reply.echoed("x-user"), ["alice"]);
     }
 
     let status = filter_status(&gw, "issuer-a").await;
