@@ -24,6 +24,35 @@ pub fn bearer_token(header_value: &[u8]) -> Option<&str> {
     std::str::from_utf8(token).ok()
 }
 
+/// What an `Authorization` field value holds, as a filter that accepts
+/// Bearer tokens must judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Bearer(&'a str),
+    /// Starts like the Bearer scheme but is no valid Bearer credential
+    /// ("Bearer<TAB>junk", "Bearerabc"): to be refused, never taken for
+    /// another scheme an optional filter would let through unverified.
+    MalformedBearer,
+    /// Another scheme (Basic, ...), not a Bearer filter's to judge.
+    Other,
+}
+
+/// Classifies an `Authorization` field value (see [`Credential`]).
+pub fn credential(header_value: &[u8]) -> Credential<'_> {
+    if let Some(token) = bearer_token(header_value) {
+        return Credential::Bearer(token);
+    }
+    let value = trim_ows(header_value);
+    if value
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer"))
+    {
+        Credential::MalformedBearer
+    } else {
+        Credential::Other
+    }
+}
+
 fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
@@ -54,6 +83,17 @@ fn is_token68(v: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anything_that_starts_like_bearer_is_judged_as_one() {
+        assert_eq!(credential(b"Bearer a.b.c"), Credential::Bearer("a.b.c"));
+        for v in ["Bearer\tjunk here", " bearer a b", "Bearerabc", "BEARER"] {
+            assert_eq!(credential(v.as_bytes()), Credential::MalformedBearer, "{v}");
+        }
+        for v in ["Basic dXNlcjpwYXNz", "", "Digest x"] {
+            assert_eq!(credential(v.as_bytes()), Credential::Other, "{v}");
+        }
+    }
 
     #[test]
     fn scheme_is_case_insensitive() {

@@ -15,7 +15,7 @@ mod remote;
 mod settings;
 mod verify;
 
-pub use bearer::bearer_token;
+pub use bearer::{Credential, bearer_token, credential};
 pub use claims::Claims;
 pub use keys::KeySet;
 pub use rejection::Rejection;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gatehouse_jwt::{Claims, KeySet, Keys, RemoteJwks, Settings, Verifier};
+use gatehouse_jwt::{Claims, Credential, KeySet, Keys, RemoteJwks, Settings, Verifier};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::Local;
@@ -172,21 +172,10 @@ impl JwtAuth {
         let token = match (first, second) {
             (None, _) => None,
             (Some(_), Some(_)) => return Err(invalid("more than one Authorization header")),
-            (Some(value), None) => match gatehouse_jwt::bearer_token(value.as_bytes()) {
-                Some(token) => Some(token),
-                // Anything that starts like the Bearer scheme is judged as
-                // a bearer token: "Bearer<TAB>junk" must not pass for some
-                // other scheme an optional filter lets through unverified.
-                None if value
-                    .as_bytes()
-                    .trim_ascii_start()
-                    .get(..6)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer")) =>
-                {
-                    return Err(invalid("malformed bearer token"));
-                }
-                // Another scheme (Basic, ...) is not ours to judge.
-                None => None,
+            (Some(value), None) => match gatehouse_jwt::credential(value.as_bytes()) {
+                Credential::Bearer(token) => Some(token),
+                Credential::MalformedBearer => return Err(invalid("malformed bearer token")),
+                Credential::Other => None,
             },
         };
         let Some(token) = token else {
