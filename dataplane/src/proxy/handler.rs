@@ -691,6 +691,9 @@ fn local_response(local: Local, grpc: bool) -> Response<ProxyBody> {
 /// Removes the client's copies of the headers the listener's jwtAuth
 /// filters write claims to (see `Listener::claim_headers`).
 fn strip_claim_headers(table: &Table, conn: &Connection, request: &mut Request<Incoming>) {
+    if !table.strips_claim_headers() {
+        return;
+    }
     let Some(port) = table.port(&conn.port) else {
         return;
     };

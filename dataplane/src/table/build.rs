@@ -86,6 +86,11 @@ impl Table {
             }
             port_keys.push(key);
         }
+        let strips_claim_headers = snapshot
+            .ports
+            .iter()
+            .flat_map(|p| &p.listeners)
+            .any(|l| !l.claim_headers.is_empty());
         Ok(Table {
             snapshot,
             ports,
@@ -94,6 +99,7 @@ impl Table {
             clusters: clusters.into(),
             filters: filters.into(),
             chains: chains.into(),
+            strips_claim_headers,
         })
     }
 }

@@ -65,6 +65,9 @@ pub struct Table {
     /// gatehouse.dev filters, and the chains over them.
     filters: Box<[Arc<Filter>]>,
     chains: Box<[Arc<Chain>]>,
+    /// Some listener removes claim headers: without one, a request need not
+    /// look for its listener before routing.
+    strips_claim_headers: bool,
 }
 
 #[derive(Debug)]
@@ -140,7 +143,13 @@ impl Table {
             clusters: Box::default(),
             filters: Box::default(),
             chains: Box::default(),
+            strips_claim_headers: false,
         }
+    }
+
+    /// Whether any listener removes claim headers (`Listener::claim_headers`).
+    pub fn strips_claim_headers(&self) -> bool {
+        self.strips_claim_headers
     }
 
     /// Chain `1 + index`, or none for 0.
