@@ -113,21 +113,26 @@ impl<'m, 'a> Chains<'m, 'a> {
             return Steps::new();
         }
         let section = &route.rules[rule].section;
+        // What a targetRef names to reach this rule from each level.
+        let target = |level: Level| match level {
+            Level::Rule => Target::Rule {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                section: section.clone(),
+            },
+            Level::Route => Target::Route {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+            },
+            Level::Listener => listener_target(gateway, listener),
+            Level::Gateway => gateway_target(gateway),
+        };
         let mut rule_level: Vec<usize> = extension_refs.clone();
         // Policies attach to HTTPRoutes only; a GRPCRoute's rules get the
         // Gateway's filters and their own ExtensionRefs.
         let route_level: Vec<usize> = if route.kind == RouteKind::Http {
-            rule_level.extend_from_slice(self.filters.targeting(&Target::Rule {
-                namespace: route.namespace.clone(),
-                name: route.name.clone(),
-                section: section.clone(),
-            }));
-            self.filters
-                .targeting(&Target::Route {
-                    namespace: route.namespace.clone(),
-                    name: route.name.clone(),
-                })
-                .to_vec()
+            rule_level.extend_from_slice(self.filters.targeting(&target(Level::Rule)));
+            self.filters.targeting(&target(Level::Route)).to_vec()
         } else {
             Vec::new()
         };
@@ -145,26 +150,6 @@ impl<'m, 'a> Chains<'m, 'a> {
                 route.name,
                 section
             )
-        };
-        let target = |level: Level| match level {
-            Level::Rule => Target::Rule {
-                namespace: route.namespace.clone(),
-                name: route.name.clone(),
-                section: section.clone(),
-            },
-            Level::Route => Target::Route {
-                namespace: route.namespace.clone(),
-                name: route.name.clone(),
-            },
-            Level::Listener => Target::Listener {
-                namespace: gateway.namespace.clone(),
-                name: gateway.name.clone(),
-                section: listener.to_owned(),
-            },
-            Level::Gateway => Target::Gateway {
-                namespace: gateway.namespace.clone(),
-                name: gateway.name.clone(),
-            },
         };
         self.pick(
             &levels,
@@ -222,21 +207,12 @@ impl<'m, 'a> Chains<'m, 'a> {
 
     fn listener_level(&self, gateway: &GatewayModel<'_>, listener: &str) -> Vec<usize> {
         self.filters
-            .targeting(&Target::Listener {
-                namespace: gateway.namespace.clone(),
-                name: gateway.name.clone(),
-                section: listener.to_owned(),
-            })
+            .targeting(&listener_target(gateway, listener))
             .to_vec()
     }
 
     fn gateway_level(&self, gateway: &GatewayModel<'_>) -> Vec<usize> {
-        self.filters
-            .targeting(&Target::Gateway {
-                namespace: gateway.namespace.clone(),
-                name: gateway.name.clone(),
-            })
-            .to_vec()
+        self.filters.targeting(&gateway_target(gateway)).to_vec()
     }
 
     /// Per type, the filters of the most specific level that has one; or,
@@ -363,6 +339,21 @@ impl<'m, 'a> Chains<'m, 'a> {
                 f.kind == kind && f.enforce
             })
             .collect()
+    }
+}
+
+fn listener_target(gateway: &GatewayModel<'_>, listener: &str) -> Target {
+    Target::Listener {
+        namespace: gateway.namespace.clone(),
+        name: gateway.name.clone(),
+        section: listener.to_owned(),
+    }
+}
+
+fn gateway_target(gateway: &GatewayModel<'_>) -> Target {
+    Target::Gateway {
+        namespace: gateway.namespace.clone(),
+        name: gateway.name.clone(),
     }
 }
 
