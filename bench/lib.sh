@@ -15,6 +15,28 @@ bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 pids=()
 gatehouse_wrapper=()
 
+# The script's header comment, from its second line to the first blank one.
+usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; }
+
+# The options of the scripts that run rounds of wrk (proxy.sh, filters.sh):
+# sets targets, duration, warmup, connections, repeat, build and out, whose
+# defaults the script sets first.
+parse_run_options() {
+    while (($#)); do
+        case $1 in
+        --targets) targets=$2; shift 2 ;;
+        --duration) duration=$2; shift 2 ;;
+        --warmup) warmup=$2; shift 2 ;;
+        --connections) connections=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        --out) out=$2; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        esac
+    done
+}
+
 # Names every missing tool at once, then exits.
 require() {
     local missing=() debs=()

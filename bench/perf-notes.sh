@@ -39,8 +39,6 @@ dhat=1
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; }
-
 while (($#)); do
     case $1 in
     --targets) targets=$2; shift 2 ;;

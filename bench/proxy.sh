@@ -58,21 +58,7 @@ out=""
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; }
-
-while (($#)); do
-    case $1 in
-    --targets) targets=$2; shift 2 ;;
-    --duration) duration=$2; shift 2 ;;
-    --warmup) warmup=$2; shift 2 ;;
-    --connections) connections=$2; shift 2 ;;
-    --repeat) repeat=$2; shift 2 ;;
-    --no-build) build=0; shift ;;
-    --out) out=$2; shift 2 ;;
-    -h | --help) usage; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-    esac
-done
+parse_run_options "$@"
 
 targets=${targets//,/ }
 wants() { [[ " $targets " == *" $1 "* ]]; }
