@@ -565,6 +565,18 @@ spec:
         )
     }
 
+    /// A rule's `filters:` line (indented for `route_with_rules`) naming
+    /// gatehouse.dev Filters by ExtensionRef.
+    pub fn extension_refs(names: &[&str]) -> String {
+        let refs: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!("{{type: ExtensionRef, extensionRef: {{group: gatehouse.dev, kind: Filter, name: {n}}}}}")
+            })
+            .collect();
+        format!("    filters: [{}]\n", refs.join(", "))
+    }
+
     /// An HTTPRoute `name` in `default` on Gateway `gw` for `host`, with
     /// `rules` (YAML list items, each starting with "  - ").
     pub fn route_with_rules(name: &str, host: &str, rules: &str) -> String {

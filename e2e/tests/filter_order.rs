@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
+use gatehouse_e2e::manifests::extension_refs;
 use gatehouse_e2e::tokens::{JwksServer, Mode, Signer, jwks, now};
 use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, manifests};
 use http_body_util::Full;
@@ -89,17 +90,6 @@ fn jwt_auth(issuer: &str, jwks: &str, extra: Value) -> Value {
         }
     }
     spec
-}
-
-/// A rule's `filters:` line naming gatehouse.dev Filters by ExtensionRef.
-fn extension_refs(names: &[&str]) -> String {
-    let refs: Vec<String> = names
-        .iter()
-        .map(|n| {
-            format!("{{type: ExtensionRef, extensionRef: {{group: gatehouse.dev, kind: Filter, name: {n}}}}}")
-        })
-        .collect();
-    format!("    filters: [{}]\n", refs.join(", "))
 }
 
 /// One named rule: an optional path prefix, optional ExtensionRef filters,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use gatehouse_e2e::manifests::extension_refs;
 use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, eventually, manifests};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -32,17 +33,6 @@ fn filter(name: &str, kind: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: gatehouse.dev/v1alpha1\nkind: Filter\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: {kind}\n{spec}"
     )
-}
-
-/// A rule's `filters:` line naming gatehouse.dev Filters by ExtensionRef.
-fn extension_refs(names: &[&str]) -> String {
-    let refs: Vec<String> = names
-        .iter()
-        .map(|n| {
-            format!("{{type: ExtensionRef, extensionRef: {{group: gatehouse.dev, kind: Filter, name: {n}}}}}")
-        })
-        .collect();
-    format!("    filters: [{}]\n", refs.join(", "))
 }
 
 /// One rule matching everything, through `filters` to `backend` (a Service
