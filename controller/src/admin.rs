@@ -151,14 +151,24 @@ async fn debug_status(State(state): State<AdminState>) -> Json<Value> {
 
 async fn debug_snapshots(State(state): State<AdminState>) -> Json<Value> {
     let snapshots = state.view.read().expect("view lock").snapshots.clone();
+    let whole = whole(&snapshots);
     let plain: std::collections::BTreeMap<&String, &gatehouse_snapshot::Snapshot> =
-        snapshots.iter().map(|(group, s)| (group, &**s)).collect();
+        whole.iter().map(|(group, s)| (group, &**s)).collect();
     Json(gatehouse_snapshot::debug_json(&plain))
 }
 
 async fn debug_chains(State(state): State<AdminState>) -> Json<Value> {
     let snapshots = state.view.read().expect("view lock").snapshots.clone();
-    Json(crate::explain::chains(&snapshots))
+    Json(crate::explain::chains(&whole(&snapshots)))
+}
+
+fn whole(
+    snapshots: &crate::serve::Snapshots,
+) -> std::collections::BTreeMap<String, Arc<gatehouse_snapshot::Snapshot>> {
+    snapshots
+        .iter()
+        .map(|(group, s)| (group.clone(), s.whole()))
+        .collect()
 }
 
 async fn debug_nodes(State(state): State<AdminState>) -> Json<Value> {

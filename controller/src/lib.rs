@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod compile;
 pub mod explain;
+pub mod group_snapshot;
 pub mod handover;
 pub mod k8s;
 pub mod kubernetes;

@@ -6,6 +6,10 @@
 //! the group's snapshot each time its version changes and answers each with
 //! an Ack or a Nack. The hub records what every node has applied; the
 //! standalone readiness check and the debug output read it.
+//!
+//! A data plane that names "endpoint-updates" and serves a version from
+//! which only endpoints changed receives just those clusters (see
+//! `GroupSnapshot::update_since`); any other receives the whole snapshot.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,11 +28,13 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-type GroupChannel = watch::Sender<Option<Arc<Snapshot>>>;
+use crate::group_snapshot::GroupSnapshot;
+
+type GroupChannel = watch::Sender<Option<Arc<GroupSnapshot>>>;
 
 /// Snapshots by cluster group, shared (not copied) between the compile
 /// loop, the hub and the debug view.
-pub type Snapshots = BTreeMap<String, Arc<Snapshot>>;
+pub type Snapshots = BTreeMap<String, Arc<GroupSnapshot>>;
 
 /// What the controller knows of one data plane.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -69,7 +75,10 @@ impl SnapshotHub {
         let mut groups = self.groups.lock().expect("hub lock");
         for (group, channel) in groups.iter() {
             if !snapshots.contains_key(group) && channel.borrow().is_some() {
-                channel.send_replace(Some(Arc::new(empty_snapshot(group))));
+                channel.send_replace(Some(Arc::new(GroupSnapshot::compiled(Snapshot {
+                    group: group.clone(),
+                    ..Default::default()
+                }))));
             }
         }
         for (group, snapshot) in snapshots {
@@ -79,7 +88,7 @@ impl SnapshotHub {
             let unchanged = channel
                 .borrow()
                 .as_ref()
-                .is_some_and(|current| current.version == snapshot.version);
+                .is_some_and(|current| current.version() == snapshot.version());
             if !unchanged {
                 channel.send_replace(Some(snapshot.clone()));
             }
@@ -93,7 +102,7 @@ impl SnapshotHub {
         let groups = self.groups.lock().expect("hub lock");
         groups
             .get(group)
-            .and_then(|c| c.borrow().as_ref().map(|s| s.version.clone()))
+            .and_then(|c| c.borrow().as_ref().map(|s| s.version().to_owned()))
     }
 
     pub fn nodes(&self) -> Vec<NodeState> {
@@ -152,7 +161,7 @@ impl SnapshotHub {
         self.changes.subscribe()
     }
 
-    fn group_receiver(&self, group: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    fn group_receiver(&self, group: &str) -> watch::Receiver<Option<Arc<GroupSnapshot>>> {
         let mut groups = self.groups.lock().expect("hub lock");
         groups
             .entry(group.to_owned())
@@ -191,15 +200,6 @@ impl SnapshotHub {
         self.changes.send_modify(|n| *n += 1);
         session
     }
-}
-
-fn empty_snapshot(group: &str) -> Snapshot {
-    let mut snapshot = Snapshot {
-        group: group.to_owned(),
-        ..Default::default()
-    };
-    gatehouse_snapshot::seal(&mut snapshot);
-    snapshot
 }
 
 /// The gRPC face of a hub.
@@ -268,13 +268,21 @@ impl SnapshotService for SnapshotServer {
 async fn stream_to_node(
     hub: Arc<SnapshotHub>,
     (node_id, session): (String, u64),
-    mut sent_version: String,
+    serving: String,
     features: Vec<String>,
-    mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut snapshots: watch::Receiver<Option<Arc<GroupSnapshot>>>,
     mut inbound: Streaming<DataPlaneMessage>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
 ) {
     info!("data plane connected");
+    let updates = features
+        .iter()
+        .any(|f| f == gatehouse_snapshot::FEATURE_ENDPOINT_UPDATES);
+    let mut node = NodeVersions {
+        sent: serving.clone(),
+        serving: (!serving.is_empty()).then_some(serving),
+        updates: Vec::new(),
+    };
     snapshots.mark_changed();
     loop {
         tokio::select! {
@@ -284,14 +292,15 @@ async fn stream_to_node(
                 }
                 let current = snapshots.borrow_and_update().clone();
                 let Some(snapshot) = current else { continue };
-                if snapshot.version == sent_version {
+                if snapshot.version() == node.sent {
                     continue;
                 }
-                sent_version = snapshot.version.clone();
-                let missing: Vec<&str> = gatehouse_snapshot::required_features(&snapshot)
-                    .into_iter()
-                    .filter(|f| !features.iter().any(|have| have == f))
-                    .collect();
+                node.sent = snapshot.version().to_owned();
+                let missing: Vec<&str> =
+                    gatehouse_snapshot::required_features(snapshot.compiled_part())
+                        .into_iter()
+                        .filter(|f| !features.iter().any(|have| have == f))
+                        .collect();
                 if !missing.is_empty() {
                     // An older data plane would drop what it does not know
                     // and serve without it (no authentication, no IP rules):
@@ -300,26 +309,58 @@ async fn stream_to_node(
                         "this data plane does not support {}; upgrade it to serve this configuration",
                         missing.join(", ")
                     );
-                    warn!(version = %snapshot.version, %reason, "snapshot withheld");
-                    hub.update_node(&node_id, session, |node| {
-                        node.last_nack = Some((snapshot.version.clone(), reason));
+                    warn!(version = %snapshot.version(), %reason, "snapshot withheld");
+                    hub.update_node(&node_id, session, |state| {
+                        state.last_nack = Some((snapshot.version().to_owned(), reason));
                     });
+                    node.serving = None;
                     continue;
                 }
-                debug!(version = %snapshot.version, "sending snapshot");
-                if tx.send(Ok((*snapshot).clone())).await.is_err() {
+                let message = match node.serving.as_deref().filter(|_| updates) {
+                    Some(serving) => snapshot.update_since(serving),
+                    None => None,
+                };
+                let message = match message {
+                    Some(update) => {
+                        debug!(version = %update.version, base = %update.base_version, clusters = update.endpoint_updates.len(), "sending endpoint update");
+                        node.remember_update(&update.version);
+                        update
+                    }
+                    None => {
+                        debug!(version = %snapshot.version(), "sending snapshot");
+                        (*snapshot.whole()).clone()
+                    }
+                };
+                // Sent in order: the node serves this once it has applied
+                // everything before it, or says otherwise with a Nack.
+                node.serving = Some(node.sent.clone());
+                if tx.send(Ok(message)).await.is_err() {
                     break;
                 }
             }
             message = inbound.next() => match message {
                 Some(Ok(DataPlaneMessage { message: Some(Message::Ack(ack)) })) => {
                     debug!(version = %ack.version, "snapshot applied");
-                    hub.update_node(&node_id, session, |node| node.applied_version = ack.version);
+                    hub.update_node(&node_id, session, |state| state.applied_version = ack.version);
                 }
                 Some(Ok(DataPlaneMessage { message: Some(Message::Nack(nack)) })) => {
+                    // What the node serves is no longer known: what follows
+                    // goes whole.
+                    node.serving = None;
+                    if node.updates.contains(&nack.version) {
+                        // An endpoint update that did not fit what the node
+                        // serves (it missed or refused an earlier snapshot):
+                        // not a configuration problem, so not reported; the
+                        // whole snapshot follows.
+                        debug!(version = %nack.version, reason = %nack.reason, "endpoint update refused; sending the whole snapshot");
+                        node.updates.retain(|v| *v != nack.version);
+                        node.sent.clear();
+                        snapshots.mark_changed();
+                        continue;
+                    }
                     warn!(version = %nack.version, reason = %nack.reason, "snapshot rejected");
-                    hub.update_node(&node_id, session, |node| {
-                        node.last_nack = Some((nack.version, nack.reason));
+                    hub.update_node(&node_id, session, |state| {
+                        state.last_nack = Some((nack.version, nack.reason));
                     });
                 }
                 Some(Ok(_)) => {}
@@ -327,25 +368,44 @@ async fn stream_to_node(
             },
         }
     }
-    hub.update_node(&node_id, session, |node| node.connected = false);
+    hub.update_node(&node_id, session, |state| state.connected = false);
     info!("data plane disconnected");
+}
+
+/// What the stream knows of the versions of its data plane.
+struct NodeVersions {
+    /// The last version sent (or reported in Hello).
+    sent: String,
+    /// The version the node serves once it applied all that was sent;
+    /// `None` when unknown (after a Nack, or a snapshot withheld).
+    serving: Option<String>,
+    /// Versions sent as endpoint updates and not yet answered, the latest
+    /// few.
+    updates: Vec<String>,
+}
+
+impl NodeVersions {
+    fn remember_update(&mut self, version: &str) {
+        if self.updates.len() == 8 {
+            self.updates.remove(0);
+        }
+        self.updates.push(version.to_owned());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn snapshot(group: &str, port: u32) -> Snapshot {
-        let mut s = Snapshot {
+    fn snapshot(group: &str, port: u32) -> GroupSnapshot {
+        GroupSnapshot::compiled(Snapshot {
             group: group.into(),
             ports: vec![gatehouse_snapshot::Port {
                 port,
                 ..Default::default()
             }],
             ..Default::default()
-        };
-        gatehouse_snapshot::seal(&mut s);
-        s
+        })
     }
 
     #[test]
@@ -387,10 +447,14 @@ mod tests {
         hub.publish(&BTreeMap::new());
         let rx = hub.group_receiver("a");
         let current = rx.borrow().clone().unwrap();
-        assert!(current.ports.is_empty());
+        assert!(current.whole().ports.is_empty());
+        let empty = Snapshot {
+            group: "a".into(),
+            ..Default::default()
+        };
         assert_eq!(
             hub.current_version("a").unwrap(),
-            empty_snapshot("a").version
+            gatehouse_snapshot::content_version(&empty)
         );
     }
 }

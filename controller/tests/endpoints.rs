@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use gatehouse_controller::compile::{CompileOptions, compile, refresh_endpoints};
+use gatehouse_controller::group_snapshot::GroupSnapshot;
 use gatehouse_controller::serve::Snapshots;
 use gatehouse_controller::store::{Kind, ObjectKey};
 use gatehouse_snapshot::Snapshot;
@@ -149,7 +150,7 @@ fn endpoint_changes_refresh_exactly_what_a_compile_gives() {
         let mut previous: Snapshots = before
             .snapshots
             .iter()
-            .map(|(group, s)| (group.clone(), Arc::new(s.clone())))
+            .map(|(group, s)| (group.clone(), Arc::new(GroupSnapshot::compiled(s.clone()))))
             .collect();
         change(&mut store);
         let services: BTreeSet<(String, String)> = services
@@ -160,7 +161,7 @@ fn endpoint_changes_refresh_exactly_what_a_compile_gives() {
         let full = compile(&store, &options);
         let refreshed: BTreeMap<String, Snapshot> = previous
             .iter()
-            .map(|(group, s)| (group.clone(), (**s).clone()))
+            .map(|(group, s)| (group.clone(), (*s.whole()).clone()))
             .collect();
         assert_eq!(refreshed, full.snapshots, "{case}");
         assert_eq!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gatehouse_controller::{runtime, serve::SnapshotHub};
+use gatehouse_controller::{group_snapshot::GroupSnapshot, runtime, serve::SnapshotHub};
 use gatehouse_snapshot as pb;
 use gatehouse_snapshot::snapshot_service_client::SnapshotServiceClient;
 
@@ -66,7 +66,7 @@ async fn a_data_plane_without_the_filters_feature_is_not_sent_filters() {
     let addr = runtime::start_grpc("127.0.0.1:0".parse().unwrap(), hub.clone())
         .await
         .expect("snapshot server");
-    let snapshot = Arc::new(guarded_snapshot());
+    let snapshot = Arc::new(GroupSnapshot::compiled(guarded_snapshot()));
     hub.publish(&BTreeMap::from([("default".to_owned(), snapshot.clone())]));
 
     let mut current = subscribe(addr, "current", vec![pb::FEATURE_FILTERS.into()]).await;
@@ -75,7 +75,7 @@ async fn a_data_plane_without_the_filters_feature_is_not_sent_filters() {
         .expect("a snapshot in time")
         .expect("a message")
         .expect("a snapshot");
-    assert_eq!(received.version, snapshot.version);
+    assert_eq!(received.version, snapshot.version());
     assert_eq!(received.filters.len(), 1);
 
     let mut old = subscribe(addr, "old", Vec::new()).await;
@@ -89,7 +89,7 @@ async fn a_data_plane_without_the_filters_feature_is_not_sent_filters() {
     })
     .await
     .expect("the old node is told why in time");
-    assert_eq!(version, snapshot.version);
+    assert_eq!(version, snapshot.version());
     assert!(reason.contains(pb::FEATURE_FILTERS), "{reason}");
     // The decision is made before anything would be sent: nothing is
     // waiting on the old node's stream.

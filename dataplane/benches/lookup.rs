@@ -1,6 +1,7 @@
 //! Route lookup at 10 / 1,000 / 10,000 routes (hit, miss, wildcard host,
-//! regex path) beside a linear scan over the same routes, and table build at
-//! 10,000 routes. Inputs are prepared outside the timed closures.
+//! regex path) beside a linear scan over the same routes, table build at
+//! 10,000 routes, and an endpoint change applied as an update beside a
+//! rebuild. Inputs are prepared outside the timed closures.
 
 use std::{hint::black_box, sync::Arc};
 
@@ -67,7 +68,7 @@ fn snapshot(routes: usize) -> pb::Snapshot {
             }),
             backends: vec![pb::Backend {
                 weight: 1,
-                target: Some(pb::backend::Target::Cluster(0)),
+                target: Some(pb::backend::Target::Cluster((i % hosts) as u32)),
                 ..Default::default()
             }],
             ..Default::default()
@@ -91,14 +92,21 @@ fn snapshot(routes: usize) -> pb::Snapshot {
         }],
         rules,
         backend_identities: vec![],
-        clusters: vec![pb::Cluster {
-            name: "ns/svc:80".into(),
-            endpoints: vec![pb::Endpoint {
-                address: "10.0.0.1".into(),
-                port: 80,
-            }],
-            ..Default::default()
-        }],
+        clusters: (0..hosts).map(|c| cluster(c, 1)).collect(),
+        ..Default::default()
+    }
+}
+
+/// Cluster `c` of a snapshot: three endpoints, the last octet from `turn`.
+fn cluster(c: usize, turn: u8) -> pb::Cluster {
+    pb::Cluster {
+        name: format!("ns/svc-{c}:80"),
+        endpoints: (0..3)
+            .map(|e| pb::Endpoint {
+                address: format!("10.{}.{}.{}", c / 256, c % 256, turn + e),
+                port: 8080,
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -171,5 +179,38 @@ fn build(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lookups, build);
+/// One Service's endpoints changed, at 1,000 and 10,000 routes (100 and
+/// 1,000 clusters): the endpoint update the controller sends, beside
+/// rebuilding the table from the whole snapshot with those endpoints.
+fn endpoint_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("endpoint_change");
+    for routes in [1_000, 10_000] {
+        let mut base = snapshot(routes);
+        pb::seal(&mut base);
+        let table = Table::build(Arc::new(base.clone())).unwrap();
+        let changed = cluster(7, 2);
+        let update = pb::Snapshot {
+            group: base.group.clone(),
+            version: "next".into(),
+            base_version: base.version.clone(),
+            endpoint_updates: vec![pb::ClusterEndpoints {
+                cluster: 7,
+                endpoints: changed.endpoints.clone(),
+            }],
+            ..Default::default()
+        };
+        let mut whole = base.clone();
+        whole.clusters[7] = changed;
+        let whole = Arc::new(whole);
+        group.bench_function(BenchmarkId::new("update", routes), |b| {
+            b.iter(|| table.with_endpoint_update(black_box(&update)).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("rebuild", routes), |b| {
+            b.iter(|| Table::build(black_box(whole.clone())).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups, build, endpoint_update);
 criterion_main!(benches);

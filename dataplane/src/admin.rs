@@ -73,7 +73,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 
 async fn snapshot(State(admin): State<Arc<Admin>>) -> Response {
     let table = admin.dataplane.table();
-    Json(gatehouse_snapshot::debug_json(table.snapshot().as_ref())).into_response()
+    Json(gatehouse_snapshot::debug_json(&table.snapshot())).into_response()
 }
 
 struct DataplaneCollector(Arc<Dataplane>);
@@ -152,6 +152,13 @@ impl Collector for DataplaneCollector {
         for (result, count) in [("ack", acks), ("nack", nacks)] {
             ConstCounter::new(count).encode(applies.encode_family(&[("result", result)])?)?;
         }
+        let updates = encoder.encode_descriptor(
+            "gatehouse_endpoint_updates_applied",
+            "Endpoint updates applied in place of whole snapshots (also counted as acks)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(dataplane.endpoint_updates()).encode(updates)?;
         Ok(())
     }
 }

@@ -83,7 +83,10 @@ async fn follow(
         group: config.group.clone(),
         node_id: config.node_id.clone(),
         applied_version: dataplane.applied_version().unwrap_or_default(),
-        features: vec![gatehouse_snapshot::FEATURE_FILTERS.to_owned()],
+        features: vec![
+            gatehouse_snapshot::FEATURE_FILTERS.to_owned(),
+            gatehouse_snapshot::FEATURE_ENDPOINT_UPDATES.to_owned(),
+        ],
     });
     send(&outbox, hello).await?;
     let mut snapshots = client

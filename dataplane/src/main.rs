@@ -67,7 +67,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding admin address {}", args.admin))?;
-    tracing::info!(address = %admin_listener.local_addr()?, "admin listening");
+    // On stdout as a plain line, like the controller's, for whoever started
+    // the process with port 0 (tests, scripts).
+    println!("admin listening on {}", admin_listener.local_addr()?);
     tokio::spawn(admin::serve_admin(admin_listener, dataplane.clone()));
 
     let follower = match (&args.snapshot, &args.controller) {

@@ -53,6 +53,7 @@ spec:
 struct Controller {
     process: Process,
     grpc: SocketAddr,
+    admin: SocketAddr,
 }
 
 fn controller(kube: &KubeLite, identity: &str, address: std::net::IpAddr) -> Controller {
@@ -83,11 +84,37 @@ fn controller_with(
     Controller {
         process,
         grpc: found[1].parse().expect("gRPC address"),
+        admin: found[0].parse().expect("admin address"),
     }
 }
 
 fn dataplane(grpc: SocketAddr, node: &str) -> Process {
     dataplane_of(grpc, "default", node, &[])
+}
+
+/// A data plane and its admin address.
+fn dataplane_with_admin(grpc: SocketAddr, node: &str) -> (Process, SocketAddr) {
+    let mut command = Command::new(bin("gatehouse-dataplane"));
+    command
+        .args(["--controller", &format!("http://{grpc}")])
+        .args(["--group", "default", "--node-id", node])
+        .args(["--admin", "127.0.0.1:0"]);
+    let (process, found) = Process::start(command, &["admin listening on"]).expect("data plane");
+    (process, found[0].parse().expect("admin address"))
+}
+
+/// The data plane's count of endpoint updates applied.
+async fn endpoint_updates(admin: SocketAddr) -> u64 {
+    let metrics = HttpClient::new()
+        .get(&format!("http://{admin}/metrics"), None)
+        .await
+        .expect("data plane metrics")
+        .text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_endpoint_updates_applied_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no endpoint update counter in {metrics}"))
 }
 
 fn dataplane_of(grpc: SocketAddr, group: &str, node: &str, extra: &[&str]) -> Process {
@@ -140,7 +167,7 @@ async fn status_is_written_and_traffic_follows_the_cluster() {
     .expect("foreign status");
     let address = unique_loopback();
     let c = controller(&kube, "only", address);
-    let _dp = dataplane(c.grpc, "dp-1");
+    let (_dp, dp_admin) = dataplane_with_admin(c.grpc, "dp-1");
 
     let gateway = eventually(Duration::from_secs(30), || async {
         let gw = kube.get_json(&["gateway", "gw", "--namespace", "default"])?;
@@ -229,7 +256,9 @@ spec:
     })
     .await;
 
-    // An EndpointSlice update moves traffic to the new endpoint.
+    // An EndpointSlice update moves traffic to the new endpoint, and
+    // reaches the data plane as an endpoint update, not a whole snapshot.
+    let updates_before = endpoint_updates(dp_admin).await;
     let moved = Echo::start("k8s-b");
     kube.apply_str(&service(moved.port())).unwrap();
     eventually(Duration::from_secs(30), || async {
@@ -242,6 +271,27 @@ spec:
         Ok(())
     })
     .await;
+    assert!(
+        endpoint_updates(dp_admin).await > updates_before,
+        "the endpoint change came as a whole snapshot"
+    );
+    // What it serves is what the controller holds, version for version.
+    let json = |reply: gatehouse_e2e::Reply| -> Value {
+        serde_json::from_str(&reply.text()).expect("JSON")
+    };
+    let served = json(
+        client
+            .get(&format!("http://{dp_admin}/debug/snapshot"), None)
+            .await
+            .unwrap(),
+    );
+    let snapshots = json(
+        client
+            .get(&format!("http://{}/debug/snapshots", c.admin), None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(served, snapshots["default"]);
 
     // A spec change: generation 2, reported as observed, ours alone changed.
     kube.apply_str(&route("[web.test, other.test]")).unwrap();

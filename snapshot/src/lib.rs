@@ -13,6 +13,9 @@ mod generated {
 pub use generated::*;
 
 pub mod tls;
+mod version;
+
+pub use version::VersionDigest;
 
 /// Most retries one request may cause (`Retry.attempts`): the controller
 /// holds larger values to it, a data plane refuses a snapshot above it.
@@ -24,10 +27,21 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 pub const MAX_RETRY_BACKOFF_MS: u32 = 10_000;
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 /// `Hello.features` entry of a data plane that runs gatehouse.dev filters.
 pub const FEATURE_FILTERS: &str = "gatehouse-filters";
+
+/// `Hello.features` entry of a data plane that applies endpoint updates
+/// (`Snapshot.base_version`, `Snapshot.endpoint_updates`).
+pub const FEATURE_ENDPOINT_UPDATES: &str = "endpoint-updates";
+
+impl Snapshot {
+    /// Whether this message is an endpoint update rather than a whole
+    /// snapshot.
+    pub fn is_endpoint_update(&self) -> bool {
+        !self.base_version.is_empty()
+    }
+}
 
 /// The features a data plane must name to be sent `snapshot`.
 pub fn required_features(snapshot: &Snapshot) -> Vec<&'static str> {
@@ -38,24 +52,17 @@ pub fn required_features(snapshot: &Snapshot) -> Vec<&'static str> {
     features
 }
 
-/// The version a snapshot's content hashes to: hex SHA-256 (first 16 bytes)
-/// of the snapshot encoded with an empty `version`.
+/// The version a snapshot's content hashes to (see [`VersionDigest`]).
 pub fn content_version(snapshot: &Snapshot) -> String {
-    let digest = if snapshot.version.is_empty() {
-        Sha256::digest(snapshot.encode_to_vec())
-    } else {
-        // Rare (re-sealing a received snapshot): the copy is the price of
-        // hashing exactly the unversioned encoding.
-        let mut unversioned = snapshot.clone();
-        unversioned.version.clear();
-        Sha256::digest(unversioned.encode_to_vec())
-    };
-    hex::encode(&digest[..16])
+    VersionDigest::of(&mut snapshot.clone()).version()
 }
 
-/// Sets `version` to the content version.
-pub fn seal(snapshot: &mut Snapshot) {
-    snapshot.version = content_version(snapshot);
+/// Sets `version` to the content version; returns the digest it came from,
+/// for endpoint updates to continue from.
+pub fn seal(snapshot: &mut Snapshot) -> VersionDigest {
+    let digest = VersionDigest::of(snapshot);
+    snapshot.version = digest.version();
+    digest
 }
 
 /// Reads a snapshot from protobuf bytes or from its JSON form (proto3 JSON

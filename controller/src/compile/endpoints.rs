@@ -3,24 +3,24 @@
 //! the `endpoints` of the clusters of their Service: no route, listener or
 //! status depends on them. So when only EndpointSlices changed, the
 //! previous compile is kept and those clusters get their endpoints again,
-//! through the same function compile uses (`backend::service_endpoints`);
-//! only a group whose snapshot changed is sealed again, and so pushed.
+//! through the same function compile uses (`backend::service_endpoints`).
 //!
-//! The work is proportional to the changed Services' slices and to the
-//! number of clusters, plus one encode of each changed group's snapshot for
-//! its version; not to the number of routes.
+//! The work is proportional to the change: each changed Service's slices,
+//! and the clusters it feeds, found through the index each
+//! `GroupSnapshot` keeps; versions come from the per-cluster digests, so
+//! nothing else is hashed or copied (see `group_snapshot`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::compile::backend::{cluster_source, service_endpoints};
+use crate::compile::backend::service_endpoints;
 use crate::k8s::Service;
 use crate::serve::Snapshots;
 use crate::store::{Kind, Object, ObjectKey, Store};
 
 /// Gives the clusters of `services` (namespace, name) in `snapshots` their
-/// current endpoints from `store`. Returns the groups whose snapshot
-/// changed (copied if shared, and sealed again); the others are untouched.
+/// current endpoints from `store`. Returns the groups with a new version;
+/// the others are untouched.
 pub fn refresh(
     store: &Store,
     snapshots: &mut Snapshots,
@@ -29,37 +29,27 @@ pub fn refresh(
     let mut changed_groups = Vec::new();
     for (group, snapshot) in snapshots.iter_mut() {
         let mut updates = Vec::new();
-        for (index, cluster) in snapshot.clusters.iter().enumerate() {
-            let Some((ns, name, port)) = cluster_source(&cluster.name) else {
-                continue;
-            };
-            if !services.contains(&(ns.to_owned(), name.to_owned())) {
+        for (ns, name) in services {
+            let clusters = snapshot.clusters_of(ns, name);
+            if clusters.is_empty() {
                 continue;
             }
-            let Some(service_port) = service(store, ns, name).and_then(|s| {
-                s.spec
-                    .as_ref()?
-                    .ports
-                    .as_ref()?
-                    .iter()
-                    .find(|p| p.port == port)
-            }) else {
+            let Some(ports) = service(store, ns, name)
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|spec| spec.ports.as_ref())
+            else {
                 continue;
             };
-            let endpoints = service_endpoints(store, ns, name, service_port);
-            if endpoints != cluster.endpoints {
-                updates.push((index, endpoints));
+            for &(index, port) in clusters {
+                if let Some(service_port) = ports.iter().find(|p| p.port == port) {
+                    updates.push((index, service_endpoints(store, ns, name, service_port)));
+                }
             }
         }
-        if updates.is_empty() {
-            continue;
+        if let Some(next) = snapshot.with_endpoints(updates) {
+            *snapshot = Arc::new(next);
+            changed_groups.push(group.clone());
         }
-        let snapshot = Arc::make_mut(snapshot);
-        for (index, endpoints) in updates {
-            snapshot.clusters[index].endpoints = endpoints;
-        }
-        gatehouse_snapshot::seal(snapshot);
-        changed_groups.push(group.clone());
     }
     changed_groups
 }

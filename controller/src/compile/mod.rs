@@ -36,7 +36,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use gatehouse_snapshot::Snapshot;
 
-pub use backend::LOAD_BALANCING_ANNOTATION;
+pub use backend::{LOAD_BALANCING_ANNOTATION, cluster_source};
 pub use endpoints::refresh as refresh_endpoints;
 pub use hostname::{intersect as intersect_hostnames, specificity as hostname_specificity};
 pub use matches::normalize_prefix;

@@ -208,6 +208,8 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
         backend_identities: identities,
         filters: chain_table.snapshot_filters(input.filter_objects),
         chains: chain_table.chains,
+        base_version: String::new(),
+        endpoint_updates: Vec::new(),
     }
 }
 

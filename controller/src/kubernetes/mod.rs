@@ -33,6 +33,7 @@ use tracing::info;
 use crate::{
     admin,
     compile::{CompileOptions, Compiled, compile},
+    group_snapshot::GroupSnapshot,
     k8s::{
         BackendTlsPolicy, ConfigMap, EndpointSlice, Gateway, GatewayClass, GrpcRoute, HttpRoute,
         Namespace, ReferenceGrant, Secret, Service,
@@ -501,13 +502,13 @@ impl Loop {
             gateway_groups,
         } = compile(&self.store, &self.options);
         self.previous.carry(&mut statuses);
-        for snapshot in snapshots.values() {
-            info!(group = %snapshot.group, version = %snapshot.version, "compiled");
-        }
         self.snapshots = snapshots
             .into_iter()
-            .map(|(group, snapshot)| (group, Arc::new(snapshot)))
+            .map(|(group, snapshot)| (group, Arc::new(GroupSnapshot::compiled(snapshot))))
             .collect();
+        for snapshot in self.snapshots.values() {
+            info!(group = %snapshot.group(), version = %snapshot.version(), "compiled");
+        }
         self.view.write().expect("view lock").snapshots = self.snapshots.clone();
         self.hub.publish(&self.snapshots);
         self.statuses = statuses;
@@ -528,7 +529,7 @@ impl Loop {
         for group in &groups {
             info!(
                 %group,
-                version = %self.snapshots[group].version,
+                version = %self.snapshots[group].version(),
                 took = ?started.elapsed(),
                 "endpoints refreshed"
             );

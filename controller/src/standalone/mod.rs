@@ -171,11 +171,14 @@ impl Cycle {
         self.previous.carry(&mut statuses);
         let snapshots: crate::serve::Snapshots = snapshots
             .into_iter()
-            .map(|(group, snapshot)| (group, std::sync::Arc::new(snapshot)))
+            .map(|(group, snapshot)| {
+                let snapshot = crate::group_snapshot::GroupSnapshot::compiled(snapshot);
+                (group, std::sync::Arc::new(snapshot))
+            })
             .collect();
         let groups: BTreeSet<String> = snapshots.keys().cloned().collect();
         for snapshot in snapshots.values() {
-            info!(group = %snapshot.group, version = %snapshot.version, "compiled");
+            info!(group = %snapshot.group(), version = %snapshot.version(), "compiled");
         }
         // The view first: once a data plane acknowledges the new version
         // (and /readyz turns 200), /debug/status must already be current, and

@@ -11,9 +11,12 @@ mod retry;
 mod upgrade;
 mod upstream;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -70,6 +73,7 @@ pub struct Dataplane {
     stats: StatsRegistry,
     acks: AtomicU64,
     nacks: AtomicU64,
+    endpoint_updates: AtomicU64,
     /// Mirrored requests still running, capped so that a slow mirror can
     /// never pile up connections and tasks.
     mirrors_in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -94,20 +98,28 @@ impl Dataplane {
             stats: StatsRegistry::default(),
             acks: AtomicU64::new(0),
             nacks: AtomicU64::new(0),
+            endpoint_updates: AtomicU64::new(0),
             mirrors_in_flight: Arc::default(),
             listen_address,
         })
     }
 
     /// Validates and builds `snapshot`, binds its new ports, swaps it in and
-    /// stops listening on ports it no longer has. On error nothing changes.
-    /// An empty `version` is filled in with the content version.
+    /// stops listening on ports it no longer has; or, for an endpoint
+    /// update, swaps in the serving table with those endpoints replaced. On
+    /// error nothing changes. An empty `version` of a whole snapshot is
+    /// filled in with the content version.
     pub async fn apply(self: &Arc<Self>, mut snapshot: Snapshot) -> Result<Applied, ApplyError> {
-        if snapshot.version.is_empty() {
-            gatehouse_snapshot::seal(&mut snapshot);
-        }
         let mut listeners = self.listeners.lock().await;
-        let result = self.apply_locked(&mut listeners, snapshot).await;
+        let result = if snapshot.is_endpoint_update() {
+            self.apply_endpoint_update(&snapshot)
+        } else {
+            if snapshot.version.is_empty() {
+                gatehouse_snapshot::seal(&mut snapshot);
+            }
+            self.apply_locked(&mut listeners, snapshot).await
+        };
+        drop(listeners);
         let counter = if result.is_ok() {
             &self.acks
         } else {
@@ -154,6 +166,47 @@ impl Dataplane {
         self.ready.store(true, Ordering::Release);
         tracing::info!(%version, "snapshot applied");
         Ok(Applied::Swapped)
+    }
+
+    /// Called with the listeners' lock held, so that no whole snapshot is
+    /// applied meanwhile.
+    fn apply_endpoint_update(&self, update: &Snapshot) -> Result<Applied, ApplyError> {
+        let current = self.table.load_full();
+        if !self.is_ready() {
+            return Err(ApplyError::Invalid(crate::table::BuildError::new(
+                "Endpoint update".to_owned(),
+                "base_version",
+                "this data plane serves no snapshot yet",
+            )));
+        }
+        if current.version() == update.version {
+            return Ok(Applied::Unchanged);
+        }
+        let crate::table::Updated { table, removed } = current.with_endpoint_update(update)?;
+        let forgotten: HashSet<std::net::SocketAddr> = if removed.is_empty() {
+            HashSet::new()
+        } else {
+            // Pools are per address, and another cluster may still use one.
+            let in_use: HashSet<std::net::SocketAddr> = table
+                .clusters()
+                .iter()
+                .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+                .collect();
+            removed
+                .into_iter()
+                .filter(|a| !in_use.contains(a))
+                .collect()
+        };
+        self.table.store(Arc::new(table));
+        self.upstream.forget(&forgotten);
+        self.endpoint_updates.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version = %update.version, clusters = update.endpoint_updates.len(), "endpoint update applied");
+        Ok(Applied::Swapped)
+    }
+
+    /// Endpoint updates applied so far.
+    pub fn endpoint_updates(&self) -> u64 {
+        self.endpoint_updates.load(Ordering::Relaxed)
     }
 
     /// The table serving now.

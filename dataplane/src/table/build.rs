@@ -13,8 +13,8 @@ use gatehouse_snapshot as pb;
 use http::{HeaderName, Method, uri::Authority};
 
 use super::{
-    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, RetryPolicy, Rule, Scheme,
-    Snapshot, Table, Target, VirtualHost,
+    BuildError, Cluster, Endpoint, HostPattern, Listener, Port, PortKey, RetryPolicy, Routing,
+    Rule, Scheme, Snapshot, Table, Target, VirtualHost,
     backend::Backend,
     error::describe,
     filters::{self, Filters},
@@ -92,14 +92,17 @@ impl Table {
             .flat_map(|p| &p.listeners)
             .any(|l| !l.claim_headers.is_empty());
         Ok(Table {
-            snapshot,
-            ports,
-            port_keys: port_keys.into(),
-            rules: rules.into(),
-            clusters: clusters.into(),
-            filters: filters.into(),
-            chains: chains.into(),
-            strips_claim_headers,
+            version: snapshot.version.as_str().into(),
+            clusters: clusters.into_iter().map(Arc::new).collect(),
+            routing: Arc::new(Routing {
+                snapshot,
+                ports,
+                port_keys: port_keys.into(),
+                rules: rules.into(),
+                filters: filters.into(),
+                chains: chains.into(),
+                strips_claim_headers,
+            }),
         })
     }
 }
@@ -461,7 +464,7 @@ fn build_clusters(
     previous: Option<&Table>,
 ) -> Result<Vec<Cluster>, BuildError> {
     let previous: HashMap<&str, &Cluster> = previous
-        .map(|t| t.clusters.iter().map(|c| (&*c.name, c)).collect())
+        .map(|t| t.clusters.iter().map(|c| (&*c.name, &**c)).collect())
         .unwrap_or_default();
     let mut names = HashSet::with_capacity(clusters.len());
     clusters
@@ -506,34 +509,7 @@ fn build_cluster(
             format!("unknown value {}", cluster.protocol),
         )
     })?;
-    let endpoints = cluster
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(e, endpoint)| {
-            let field = format!("clusters[{i}].endpoints[{e}]");
-            let ip: IpAddr = endpoint.address.parse().map_err(|_| {
-                err(
-                    format!("{field}.address"),
-                    format!("{:?} is not an IP address", endpoint.address),
-                )
-            })?;
-            let port = nonzero_port(endpoint.port)
-                .ok_or_else(|| err(format!("{field}.port"), "out of range".into()))?;
-            let address = SocketAddr::new(ip, port);
-            let authority = Authority::try_from(address.to_string())
-                .map_err(|e| err(format!("{field}.address"), e.to_string()))?;
-            let in_flight = previous
-                .and_then(|p| p.endpoints.iter().find(|old| old.address == address))
-                .map(|old| old.in_flight.clone())
-                .unwrap_or_default();
-            Ok(Endpoint {
-                address,
-                authority,
-                in_flight,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let endpoints = build_endpoints(&cluster.endpoints, i, &cluster.name, previous)?;
     let h2 = protocol == pb::UpstreamProtocol::H2c;
     let secure = |identity: Option<&pb::Certificate>| {
         cluster
@@ -565,4 +541,54 @@ fn build_cluster(
         tls_with_identity,
         next: previous.map(|p| p.next.clone()).unwrap_or_default(),
     })
+}
+
+/// A cluster's endpoints, each keeping the in-flight count of the endpoint
+/// of `previous` with the same address.
+pub(super) fn build_endpoints(
+    endpoints: &[pb::Endpoint],
+    i: usize,
+    name: &str,
+    previous: Option<&Cluster>,
+) -> Result<Box<[Endpoint]>, BuildError> {
+    let err =
+        |field: String, problem: String| BuildError::new(format!("Cluster {name}"), field, problem);
+    // Linear search is cheapest for the usual few endpoints; a Service with
+    // hundreds must not cost a quadratic rebuild.
+    let indexed: Option<HashMap<SocketAddr, &Arc<std::sync::atomic::AtomicUsize>>> =
+        previous.filter(|p| p.endpoints.len() > 16).map(|p| {
+            p.endpoints
+                .iter()
+                .map(|e| (e.address, &e.in_flight))
+                .collect()
+        });
+    let previous_in_flight = |address: SocketAddr| match &indexed {
+        Some(map) => map.get(&address).map(|c| Arc::clone(c)),
+        None => previous
+            .and_then(|p| p.endpoints.iter().find(|old| old.address == address))
+            .map(|old| old.in_flight.clone()),
+    };
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(e, endpoint)| {
+            let field = format!("clusters[{i}].endpoints[{e}]");
+            let ip: IpAddr = endpoint.address.parse().map_err(|_| {
+                err(
+                    format!("{field}.address"),
+                    format!("{:?} is not an IP address", endpoint.address),
+                )
+            })?;
+            let port = nonzero_port(endpoint.port)
+                .ok_or_else(|| err(format!("{field}.port"), "out of range".into()))?;
+            let address = SocketAddr::new(ip, port);
+            let authority = Authority::try_from(address.to_string())
+                .map_err(|e| err(format!("{field}.address"), e.to_string()))?;
+            Ok(Endpoint {
+                address,
+                authority,
+                in_flight: previous_in_flight(address).unwrap_or_default(),
+            })
+        })
+        .collect()
 }

@@ -7,6 +7,10 @@
 //!
 //! Pure: no sockets, clocks or spawns. Per-cluster and per-route state
 //! (atomics) is carried over from the previous table by stable keys.
+//!
+//! A table is its routing (everything but endpoints) and its clusters, apart:
+//! an endpoint update (`update.rs`) makes a new table that shares the
+//! routing and every unchanged cluster with the one before.
 
 mod backend;
 mod build;
@@ -16,6 +20,7 @@ mod host;
 mod matching;
 mod retry;
 mod tls;
+mod update;
 mod upstream_tls;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
@@ -32,6 +37,7 @@ use crate::filters::{Chain, Filter};
 pub use host::{HostError, HostPattern, normalize_host};
 pub use matching::{PathMatch, RequestView, RouteMatch};
 pub use retry::RetryPolicy;
+pub use update::Updated;
 pub use upstream_tls::UpstreamTls;
 
 /// A bound socket: the address and the port actually bound.
@@ -53,15 +59,23 @@ impl std::fmt::Display for PortKey {
     }
 }
 
-/// The immutable routing state built from one snapshot.
+/// The immutable routing state built from one snapshot, and its clusters.
 #[derive(Debug)]
 pub struct Table {
+    version: Box<str>,
+    routing: Arc<Routing>,
+    clusters: Box<[Arc<Cluster>]>,
+}
+
+/// Everything of a table that endpoint updates leave alone.
+#[derive(Debug)]
+struct Routing {
+    /// The last whole snapshot; its endpoints are those it came with.
     snapshot: Arc<Snapshot>,
     ports: HashMap<PortKey, Port>,
     /// In snapshot order, for binding.
     port_keys: Box<[PortKey]>,
     rules: Box<[Rule]>,
-    clusters: Box<[Cluster]>,
     /// gatehouse.dev filters, and the chains over them.
     filters: Box<[Arc<Filter>]>,
     chains: Box<[Arc<Chain>]>,
@@ -136,55 +150,74 @@ impl Table {
     /// An empty table, served before the first snapshot.
     pub fn empty() -> Self {
         Self {
-            snapshot: Arc::default(),
-            ports: HashMap::new(),
-            port_keys: Box::default(),
-            rules: Box::default(),
+            version: Box::default(),
+            routing: Arc::new(Routing {
+                snapshot: Arc::default(),
+                ports: HashMap::new(),
+                port_keys: Box::default(),
+                rules: Box::default(),
+                filters: Box::default(),
+                chains: Box::default(),
+                strips_claim_headers: false,
+            }),
             clusters: Box::default(),
-            filters: Box::default(),
-            chains: Box::default(),
-            strips_claim_headers: false,
         }
     }
 
     /// Whether any listener removes claim headers (`Listener::claim_headers`).
     pub fn strips_claim_headers(&self) -> bool {
-        self.strips_claim_headers
+        self.routing.strips_claim_headers
     }
 
     /// Chain `1 + index`, or none for 0.
     pub fn chain(&self, one_based: usize) -> Option<&Chain> {
         one_based
             .checked_sub(1)
-            .and_then(|i| self.chains.get(i))
+            .and_then(|i| self.routing.chains.get(i))
             .map(|c| &**c)
     }
 
     pub fn filters(&self) -> &[Arc<Filter>] {
-        &self.filters
+        &self.routing.filters
     }
 
-    pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
+    /// The snapshot this table serves, endpoint updates included (put
+    /// together on each call: for debug output, not the request path).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::clone(&self.routing.snapshot);
+        if snapshot.version.as_str() != &*self.version {
+            snapshot.version = self.version.to_string();
+            for (pb, cluster) in snapshot.clusters.iter_mut().zip(&self.clusters) {
+                pb.endpoints = cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| gatehouse_snapshot::Endpoint {
+                        address: e.address.ip().to_string(),
+                        port: u32::from(e.address.port()),
+                    })
+                    .collect();
+            }
+        }
+        snapshot
     }
 
     pub fn version(&self) -> &str {
-        &self.snapshot.version
+        &self.version
     }
 
     pub fn port_keys(&self) -> &[PortKey] {
-        &self.port_keys
+        &self.routing.port_keys
     }
 
     pub fn port(&self, key: &PortKey) -> Option<&Port> {
-        self.ports.get(key)
+        self.routing.ports.get(key)
     }
 
     pub fn rules(&self) -> &[Rule] {
-        &self.rules
+        &self.routing.rules
     }
 
-    pub fn clusters(&self) -> &[Cluster] {
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
         &self.clusters
     }
 
@@ -204,7 +237,7 @@ impl Table {
             Some(route_match) => Lookup::Rule(Found {
                 port,
                 route_match,
-                rule: &self.rules[route_match.rule],
+                rule: &self.routing.rules[route_match.rule],
                 chain: self.chain(route_match.chain),
             }),
             None => Lookup::NoRoute(self.chain(listener.chain)),
