@@ -17,7 +17,9 @@
 //!
 //! Other cluster groups only matter where every group's data planes share
 //! one host (standalone). In Kubernetes each group has its own pods and
-//! Service, so only Gateways of one group can clash.
+//! Service, so only Gateways served by one group can clash, and a Gateway
+//! being moved is served by two: it holds its sockets in both until the
+//! move ends.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,8 +47,6 @@ pub fn mark_shared_port_conflicts(
 ) {
     let mut order: Vec<usize> = (0..gateways.len()).collect();
     order.sort_by_key(|&g| ranks[g]);
-    // Sockets by (host, port): one host for every group in standalone, a
-    // host per group in Kubernetes.
     let mut bound: HashMap<(Option<String>, u32), Vec<Holder>> = HashMap::new();
     let offset = options.port_offset;
     for gi in order {
@@ -55,28 +55,40 @@ pub fn mark_shared_port_conflicts(
             continue;
         };
         let gateway = format!("{}/{}", g.namespace, g.name);
+        // Sockets by (host, port): one host for every group in standalone,
+        // a host per group in Kubernetes, where a Gateway being moved is
+        // served, and binds, in both groups.
+        let hosts: Vec<Option<String>> = if options.groups_share_host {
+            vec![None]
+        } else {
+            g.groups().map(|group| Some(group.to_owned())).collect()
+        };
         for l in &mut g.listeners {
             if !l.report.is_served() {
                 continue;
             }
             let port = u32::from(l.port) + u32::from(offset);
-            let host = (!options.groups_share_host).then(|| g.group.clone());
-            let holders = bound.entry((host, port)).or_default();
-            let clash = addresses.iter().find_map(|address| {
-                holders
-                    .iter()
-                    .filter(|h| h.gateway != gateway && overlaps(h.address, *address))
-                    .find(|h| {
-                        h.address != *address
-                            || h.group != g.group
-                            || h.protocol != l.protocol
-                            || h.validation != l.client_validation
-                    })
-                    .map(|h| (*address, h))
+            let clash = hosts.iter().find_map(|host| {
+                let holders = bound.get(&(host.clone(), port))?;
+                addresses.iter().find_map(|address| {
+                    holders
+                        .iter()
+                        .filter(|h| h.gateway != gateway && overlaps(h.address, *address))
+                        .find(|h| {
+                            // Groups apart are processes apart only on a
+                            // shared host; on a group's own host, a
+                            // Gateway moving in or out merges as any other.
+                            h.address != *address
+                                || (options.groups_share_host && h.group != g.group)
+                                || h.protocol != l.protocol
+                                || h.validation != l.client_validation
+                        })
+                        .map(|h| (*address, h))
+                })
             });
             match clash {
                 Some((address, h)) => {
-                    let other_group = if h.group != g.group {
+                    let other_group = if options.groups_share_host && h.group != g.group {
                         format!(" in cluster group {:?}", h.group)
                     } else if h.protocol != l.protocol {
                         format!(" with protocol {}", h.protocol.as_str_name())
@@ -90,13 +102,18 @@ pub fn mark_shared_port_conflicts(
                         l.port, h.gateway, h.address, l.port
                     ));
                 }
-                None => holders.extend(addresses.iter().map(|address| Holder {
-                    address: *address,
-                    group: g.group.clone(),
-                    gateway: gateway.clone(),
-                    protocol: l.protocol,
-                    validation: l.client_validation.clone(),
-                })),
+                None => {
+                    for host in &hosts {
+                        let holders = bound.entry((host.clone(), port)).or_default();
+                        holders.extend(addresses.iter().map(|address| Holder {
+                            address: *address,
+                            group: g.group.clone(),
+                            gateway: gateway.clone(),
+                            protocol: l.protocol,
+                            validation: l.client_validation.clone(),
+                        }));
+                    }
+                }
             }
         }
     }
