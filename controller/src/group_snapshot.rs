@@ -16,7 +16,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use gatehouse_snapshot::{ClusterEndpoints, Endpoint, Snapshot, VersionDigest};
+use gatehouse_snapshot::{ClusterEndpoints, EncodedSnapshot, Endpoint, Snapshot, VersionDigest};
 
 use crate::compile::cluster_source;
 
@@ -41,6 +41,8 @@ pub struct GroupSnapshot {
     /// Which clusters each Service's endpoints feed, found once per compile.
     services: Arc<ServiceClusters>,
     whole: OnceLock<Arc<Snapshot>>,
+    /// `whole` as sent: encoded once for every data plane of the group.
+    encoded: OnceLock<EncodedSnapshot>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,7 @@ impl GroupSnapshot {
             steps: Arc::default(),
             services: Arc::new(services),
             whole: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
     }
 
@@ -124,6 +127,13 @@ impl GroupSnapshot {
             .clone()
     }
 
+    /// The whole current snapshot, encoded on first use.
+    pub fn encoded(&self) -> EncodedSnapshot {
+        self.encoded
+            .get_or_init(|| EncodedSnapshot::new(&self.whole()))
+            .clone()
+    }
+
     /// The next version, with `updates` (cluster index, endpoints) applied;
     /// `None` when they change nothing. Indices out of range are ignored.
     pub fn with_endpoints(&self, updates: Vec<(u32, Vec<Endpoint>)>) -> Option<Self> {
@@ -162,6 +172,7 @@ impl GroupSnapshot {
             steps: Arc::new(steps),
             services: self.services.clone(),
             whole: OnceLock::new(),
+            encoded: OnceLock::new(),
         })
     }
 

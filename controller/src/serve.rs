@@ -19,7 +19,7 @@ use std::{
 
 use futures::Stream;
 use gatehouse_snapshot::{
-    DataPlaneMessage, Snapshot, data_plane_message::Message,
+    DataPlaneMessage, EncodedSnapshot, Snapshot, data_plane_message::Message,
     snapshot_service_server::SnapshotService,
 };
 use serde::Serialize;
@@ -214,7 +214,7 @@ impl SnapshotServer {
     }
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<EncodedSnapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SnapshotService for SnapshotServer {
@@ -272,7 +272,7 @@ async fn stream_to_node(
     features: Vec<String>,
     mut snapshots: watch::Receiver<Option<Arc<GroupSnapshot>>>,
     mut inbound: Streaming<DataPlaneMessage>,
-    tx: mpsc::Sender<Result<Snapshot, Status>>,
+    tx: mpsc::Sender<Result<EncodedSnapshot, Status>>,
 ) {
     info!("data plane connected");
     let updates = features
@@ -324,11 +324,11 @@ async fn stream_to_node(
                     Some(update) => {
                         debug!(version = %update.version, base = %update.base_version, clusters = update.endpoint_updates.len(), "sending endpoint update");
                         node.remember_update(&update.version);
-                        update
+                        EncodedSnapshot::new(&update)
                     }
                     None => {
                         debug!(version = %snapshot.version(), "sending snapshot");
-                        (*snapshot.whole()).clone()
+                        snapshot.encoded()
                     }
                 };
                 // Sent in order: the node serves this once it has applied

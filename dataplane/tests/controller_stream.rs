@@ -12,7 +12,7 @@ use gatehouse_dataplane::{
     client::{ClientConfig, run_client},
 };
 use gatehouse_snapshot::{
-    self as pb, DataPlaneMessage, Snapshot,
+    self as pb, DataPlaneMessage, EncodedSnapshot,
     data_plane_message::Message,
     snapshot_service_server::{SnapshotService, SnapshotServiceServer},
 };
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 /// sender for snapshots out.
 type Session = (
     Streaming<DataPlaneMessage>,
-    mpsc::Sender<Result<Snapshot, Status>>,
+    mpsc::Sender<Result<EncodedSnapshot, Status>>,
 );
 
 struct Controller {
@@ -33,7 +33,7 @@ struct Controller {
 
 #[tonic::async_trait]
 impl SnapshotService for Controller {
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<EncodedSnapshot, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -92,7 +92,7 @@ async fn acks_after_serving_nacks_bad_snapshots_and_traffic_follows() {
     }
 
     let one = single_route(bind, "first", first);
-    outbox.send(Ok(one.clone())).await.unwrap();
+    outbox.send(Ok(EncodedSnapshot::new(&one))).await.unwrap();
     match next_message(&mut inbox).await {
         Message::Ack(ack) => assert_eq!(ack.version, one.version),
         other => panic!("expected Ack, got {other:?}"),
@@ -104,7 +104,7 @@ async fn acks_after_serving_nacks_bad_snapshots_and_traffic_follows() {
     let mut bad = single_route(bind, "second", second);
     bad.rules[0].backends[0].target = Some(pb::backend::Target::Cluster(7));
     pb::seal(&mut bad);
-    outbox.send(Ok(bad.clone())).await.unwrap();
+    outbox.send(Ok(EncodedSnapshot::new(&bad))).await.unwrap();
     match next_message(&mut inbox).await {
         Message::Nack(nack) => {
             assert_eq!(nack.version, bad.version);
@@ -119,7 +119,7 @@ async fn acks_after_serving_nacks_bad_snapshots_and_traffic_follows() {
     assert_eq!(get(&http, bind, "x", "/", &[]).await.echo_name(), "first");
 
     let two = single_route(bind, "second", second);
-    outbox.send(Ok(two.clone())).await.unwrap();
+    outbox.send(Ok(EncodedSnapshot::new(&two))).await.unwrap();
     match next_message(&mut inbox).await {
         Message::Ack(ack) => assert_eq!(ack.version, two.version),
         other => panic!("expected Ack, got {other:?}"),

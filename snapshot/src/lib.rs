@@ -12,6 +12,17 @@ mod generated {
 
 pub use generated::*;
 
+/// The gRPC server, sending [`EncodedSnapshot`]s.
+#[allow(clippy::all, clippy::pedantic)]
+mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/gatehouse.snapshot.v1.rs"));
+}
+
+pub use encoded::EncodedSnapshot;
+pub use server::snapshot_service_server;
+
+pub mod encoded;
+
 pub mod tls;
 mod version;
 
