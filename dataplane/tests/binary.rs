@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::{ChildStdout, Command, Stdio},
     time::Duration,
 };
 
@@ -27,11 +27,29 @@ async fn wait_ready(client: &HttpClient, admin: u16) {
     panic!("data plane never became ready");
 }
 
+/// The port of the `admin listening on ADDR` line; the rest of stdout is
+/// drained in the background so the child never blocks on it.
+fn admin_port(stdout: ChildStdout) -> u16 {
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the data plane exited before printing its admin address"
+        );
+        if let Some(addr) = line.trim().strip_prefix("admin listening on ") {
+            let port = addr.parse::<std::net::SocketAddr>().unwrap().port();
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return port;
+        }
+    }
+}
+
 #[tokio::test]
 async fn serves_a_snapshot_file_and_reports_it() {
     let backend = echo("file").await;
     let bind = free_port();
-    let admin = free_port();
     let snap = single_route(bind, "from-file", backend);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snapshot.json");
@@ -42,7 +60,7 @@ async fn serves_a_snapshot_file_and_reports_it() {
             "--snapshot",
             path.to_str().unwrap(),
             "--admin",
-            &format!("127.0.0.1:{admin}"),
+            "127.0.0.1:0",
             "--workers",
             "1",
         ])
@@ -50,6 +68,10 @@ async fn serves_a_snapshot_file_and_reports_it() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let admin = tokio::task::spawn_blocking(move || admin_port(stdout))
+        .await
         .unwrap();
     let client = http1_client();
     wait_ready(&client, admin).await;

@@ -165,10 +165,7 @@ async fn weighted_split_follows_weights_over_2000_requests() {
 #[tokio::test]
 async fn local_answers_404_500_503_502() {
     let backend = echo("ok").await;
-    let closed = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let bind = free_port();
     let snap = snapshot(
         vec![port(
@@ -199,7 +196,7 @@ async fn local_answers_404_500_503_502() {
         vec![
             cluster("ns/ok:80", &[backend]),
             cluster("ns/none:80", &[]),
-            cluster("ns/closed:80", &[closed]),
+            cluster("ns/closed:80", &[closed.addr]),
         ],
     );
     let _dp = serve(snap).await;
@@ -478,7 +475,7 @@ async fn nack_keeps_the_old_table_and_closes_newly_bound_ports() {
 
     // Two new ports, the second one taken: the first must be released.
     let (free, taken) = {
-        let (a, b) = (free_port(), free_port());
+        let [a, b] = free_ports();
         (a.min(b), a.max(b))
     };
     let _occupant = StdListener::bind(("127.0.0.1", taken)).unwrap();
@@ -503,7 +500,7 @@ async fn nack_keeps_the_old_table_and_closes_newly_bound_ports() {
 #[tokio::test]
 async fn removed_port_stops_accepting_and_new_port_serves() {
     let backend = echo("e").await;
-    let (first, second) = (free_port(), free_port());
+    let [first, second] = free_ports();
     let dp = serve(single_route(first, "r", backend)).await;
     dp.apply(single_route(second, "r", backend)).await.unwrap();
     assert_eq!(

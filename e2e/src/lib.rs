@@ -65,6 +65,35 @@ fn nanos() -> u64 {
         .unwrap_or(0)
 }
 
+/// A loopback port that refuses connections for as long as this lives: a
+/// socket bound to it that never listens. Connecting to it gets a reset
+/// (connection refused), and, unlike a port that was free a moment ago, no
+/// other process can take it meanwhile (the socket sets no SO_REUSEADDR).
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("binding 127.0.0.1:0");
+        let port = socket.local_addr().expect("bound address").port();
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A child process killed when dropped.
 pub struct Process {
     child: Child,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::{Echo, HttpClient, Request, Standalone, echoed_header, manifests};
+use gatehouse_e2e::{ClosedPort, Echo, HttpClient, Request, Standalone, echoed_header, manifests};
 
 fn route(name: &str, host: &str, rules: &str) -> String {
     manifests::route_with_rules(name, host, rules)
@@ -368,14 +368,12 @@ async fn a_slow_or_failing_mirror_never_slows_or_fails_the_client() {
         &["--delay-ms", "5000", "--record"],
     );
     // Nothing listens on the failing mirror's port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = ClosedPort::new();
     let mut manifests = vec![
         manifests::gateway(),
         manifests::service("default", "svc-a", &[a.port()]),
         manifests::service("default", "svc-slow", &[slow.port()]),
-        manifests::service("default", "svc-down", &[closed_port]),
+        manifests::service("default", "svc-down", &[closed.port]),
     ];
     let rules = mirror_rules(&[mirror_to("svc-slow", ""), mirror_to("svc-down", "")].concat());
     manifests.push(route("mirrored", "mirror.test", &rules));

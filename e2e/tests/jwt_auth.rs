@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_e2e::tokens::{JwksServer, Mode, Signer, b64, jwks, now, sign_raw};
-use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, eventually, manifests};
+use gatehouse_e2e::{
+    ClosedPort, Echo, HttpClient, Reply, Request, Standalone, eventually, manifests,
+};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
@@ -230,17 +232,6 @@ fn assert_invalid(reply: &Reply, description: Option<&str>, case: &str) {
         assert_eq!(rest, description, "{case}");
     }
     assert_eq!(reply.backend(), None, "{case}: reached the backend");
-}
-
-// ---------------------------------------------------------------------------
-// A JWKS server the test controls
-
-/// A port nothing listens on: connections to it are refused.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 // ---------------------------------------------------------------------------
@@ -963,6 +954,8 @@ async fn a_remote_jwks_is_fetched_and_follows_key_rotation() {
 async fn an_unreachable_or_silent_jwks_server_answers_401_quickly() {
     let key = Signer::es256();
     let silent = JwksServer::start(jwks(&[key.jwk("k1")]), Mode::Hang).await;
+    // Bound but never listening: connections to it are refused.
+    let closed = ClosedPort::new();
     let remote = |url: &str| {
         inline_auth(
             "",
@@ -974,7 +967,7 @@ async fn an_unreachable_or_silent_jwks_server_answers_401_quickly() {
         &[
             filter(
                 "down",
-                remote(&format!("http://127.0.0.1:{}/jwks.json", closed_port())),
+                remote(&format!("http://127.0.0.1:{}/jwks.json", closed.port)),
             ),
             filter("silent", remote(&silent.url)),
         ],
@@ -1183,7 +1176,7 @@ async fn a_remembered_token_is_refused_once_it_expires() {
     let key = Signer::es256();
     let auth = inline_auth(&jwks(&[key.jwk("k1")]), json!({"clockSkew": "0s"}));
     let (gw, _echo) = start(&[("/", "jwt")], &[filter("jwt", auth)]).await;
-    let expires = now() + 2;
+    let expires = now() + 5;
     let token = key.token(Some("k1"), &with(claims("alice"), "exp", json!(expires)));
     for _ in 0..3 {
         assert_ok(

@@ -4,7 +4,6 @@
 //! resyncs.
 
 use std::{
-    net::TcpListener,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -120,13 +119,6 @@ async fn edited_route_is_served_live_with_zero_failed_requests() {
     );
 }
 
-fn free_port() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn start_dataplane(grpc: std::net::SocketAddr) -> Process {
     let mut command = std::process::Command::new(bin("gatehouse-dataplane"));
     command
@@ -146,14 +138,17 @@ async fn data_plane_keeps_serving_without_controller_and_resyncs() {
     for (name, content) in manifests_for(&a, &b) {
         std::fs::write(dir.path().join(name), content).unwrap();
     }
-    let grpc = free_port();
-    let options = || StandaloneOptions {
-        no_dataplanes: true,
-        grpc: Some(grpc),
-        address: None,
-    };
-    let mut controller = Standalone::start_in(dir, options());
-    let address = controller.address;
+    // The first controller picks its gRPC port and reports it; the second
+    // takes the same one, where the data plane keeps reconnecting.
+    let mut controller = Standalone::start_in(
+        dir,
+        StandaloneOptions {
+            no_dataplanes: true,
+            grpc: None,
+            address: None,
+        },
+    );
+    let (grpc, address) = (controller.grpc, controller.address);
     let _dataplane = start_dataplane(grpc);
     let client = HttpClient::new();
     let url = controller.url(80, "/");
@@ -172,8 +167,9 @@ async fn data_plane_keeps_serving_without_controller_and_resyncs() {
     let _controller = Standalone::start_in(
         dir,
         StandaloneOptions {
+            no_dataplanes: true,
+            grpc: Some(grpc),
             address: Some(address),
-            ..options()
         },
     );
     eventually(Duration::from_secs(30), || served_by(&client, &url, "b")).await;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, manifests};
+use gatehouse_e2e::{ClosedPort, Echo, HttpClient, Reply, Request, Standalone, manifests};
 
 /// The retry routes of the conformance test HTTPRouteRetry, plus our own.
 const RULES: &str = r#"  - matches: [{path: {type: PathPrefix, value: /retry/code-500-attempts-3}}]
@@ -161,12 +161,8 @@ async fn retries_wait_the_backoff_and_stop_at_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_on_another_endpoint() {
     let echo = Echo::start("alive");
-    // A port that was free a moment ago: connections to it are refused.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port bound but never listening: connections to it are refused.
+    let dead = ClosedPort::new();
     let rules = r#"  - matches: [{path: {type: PathPrefix, value: /retried}}]
     retry: {attempts: 1, backoff: 1ms}
     backendRefs: [{name: svc, port: 80}]
@@ -174,7 +170,7 @@ async fn a_refused_connection_is_retried_on_another_endpoint() {
     backendRefs: [{name: svc, port: 80}]
 "#;
     let gw = start(
-        manifests::service("default", "svc", &[dead, echo.port()]),
+        manifests::service("default", "svc", &[dead.port, echo.port()]),
         rules,
     )
     .await;

@@ -89,6 +89,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `N` distinct ports that were free a moment ago: every listener stays
+/// open until all the ports are read, so no two are the same.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<StdListener> = (0..N)
+        .map(|_| StdListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// A loopback address that refuses connections while this lives: a socket
+/// bound to it that never listens (and sets no SO_REUSEADDR, so nothing
+/// else can take the port meanwhile).
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    ClosedPort {
+        addr: socket.local_addr().unwrap(),
+        _socket: socket,
+    }
+}
+
 pub fn cluster(name: &str, endpoints: &[SocketAddr]) -> pb::Cluster {
     pb::Cluster {
         name: name.into(),

@@ -60,7 +60,7 @@ async fn rotation_is_picked_up_by_an_early_refresh() {
         v.verify(&token(&b, "b"), NOW).await.is_ok(),
         "new kid verifies without restart"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(server.hits(), 2);
 
     // The old key is gone now; another early fetch is not due for ten
@@ -70,7 +70,7 @@ async fn rotation_is_picked_up_by_an_early_refresh() {
         v.verify(&token(&a, "a"), NOW).await,
         Err(Rejection::UnknownKey)
     );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(server.hits(), 2);
 }
 
@@ -153,7 +153,7 @@ async fn slow_server_does_not_hold_requests() {
     assert_eq!(v.verify(&token(&a, "a"), NOW).await, Err(Rejection::NoKeys));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1900), "{waited:?}");
-    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
 
 #[tokio::test]
@@ -163,11 +163,14 @@ async fn fetch_timeout_counts_as_failure() {
     server.set_delay(Duration::from_secs(30));
     let mut opts = options(Duration::from_secs(3600));
     opts.timeout = Duration::from_millis(200);
+    // Far beyond the bound below: the answer must come from the failed
+    // fetch, not from the end of the wait.
+    opts.kid_wait = Duration::from_secs(10);
     let remote = RemoteJwks::with_options(server.url.clone(), opts);
     let v = remote_verifier(&remote);
     let started = Instant::now();
     assert_eq!(v.verify(&token(&a, "a"), NOW).await, Err(Rejection::NoKeys));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
     let error = remote.last_error().expect("timeout recorded");
     assert!(error.contains("timed out"), "{error}");
 }
@@ -181,11 +184,14 @@ async fn failing_server_rejects_quickly_then_recovers() {
     // Lets every request ask for a fetch, so recovery does not need the
     // routine interval.
     opts.min_early_interval = Duration::ZERO;
+    // Far beyond the bound below: the answer must come from the failed
+    // fetch, not from the end of the wait.
+    opts.kid_wait = Duration::from_secs(10);
     let remote = RemoteJwks::with_options(server.url.clone(), opts);
     let v = remote_verifier(&remote);
     let started = Instant::now();
     assert_eq!(v.verify(&token(&a, "a"), NOW).await, Err(Rejection::NoKeys));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
 
     server.set_status(200);
     assert!(v.verify(&token(&a, "a"), NOW).await.is_ok());
