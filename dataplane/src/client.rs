@@ -86,6 +86,7 @@ async fn follow(
         features: vec![
             gatehouse_snapshot::FEATURE_FILTERS.to_owned(),
             gatehouse_snapshot::FEATURE_ENDPOINT_UPDATES.to_owned(),
+            gatehouse_snapshot::FEATURE_PROXY_PROTOCOL.to_owned(),
         ],
     });
     send(&outbox, hello).await?;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gatehouse_e2e::manifests::extension_refs;
-use gatehouse_e2e::{Echo, HttpClient, Reply, Request, Standalone, eventually, manifests};
+use gatehouse_e2e::{
+    Echo, HttpClient, Reply, Request, Standalone, echoed_header, eventually, manifests,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -686,6 +688,163 @@ async fn request_limits_refuse_large_headers_and_bodies_and_pass_the_rest_intact
         started.elapsed() < Duration::from_secs(5),
         "413 came only after {:?}",
         started.elapsed()
+    );
+}
+
+/// A PROXY protocol version 1 header from `client` (port 41000).
+fn proxy_v1(client: &str) -> Vec<u8> {
+    format!("PROXY TCP4 {client} 192.0.2.1 41000 80\r\n").into_bytes()
+}
+
+/// A PROXY protocol version 2 header (PROXY, TCP over IPv4) from `client`
+/// (port 41000), with one TLV after the addresses.
+fn proxy_v2(client: Ipv4Addr) -> Vec<u8> {
+    let mut out = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x10".to_vec();
+    out.extend_from_slice(&client.octets());
+    out.extend_from_slice(&[192, 0, 2, 1]);
+    out.extend_from_slice(&41000u16.to_be_bytes());
+    out.extend_from_slice(&80u16.to_be_bytes());
+    out.extend_from_slice(&[0x04, 0x00, 0x01, 0x2a]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_name_the_client_where_a_gateway_expects_them() {
+    let echo = Echo::start("ok");
+    let annotated = |name: &str, value: &str, port: u16| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{gatehouse.dev/proxy-protocol: {value:?}}}\nspec:\n  gatewayClassName: gatehouse\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n"
+        )
+    };
+    let documents = [
+        manifests::gateway(),
+        annotated("behind-lb", "true", 81),
+        annotated("typo", "yes", 82),
+        manifests::service("default", "svc", &[echo.port()]),
+        filter(
+            "lb-deny",
+            "IPAccess",
+            "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: behind-lb}]\n  ipAccess: {deny: [203.0.113.0/24]}\n",
+        ),
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: pp, namespace: default}\nspec:\n  parentRefs: [{name: behind-lb}, {name: gw}]\n  hostnames: [pp.test]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n".to_owned(),
+    ];
+    let gw = start(&documents).await;
+    let lb = gw.socket(81);
+    let from = v4(127, 0, 0, 1);
+    let get = head("GET", "/", "pp.test", &[]);
+    let forwarded_for = |reply: &Raw| -> Vec<String> {
+        let echo: serde_json::Value = serde_json::from_slice(&reply.body).expect("the echo's JSON");
+        echoed_header(&echo, "x-forwarded-for")
+    };
+
+    // Both versions name the client: it is the address the backend is told
+    // of, and the one the Gateway's ipAccess judges.
+    for (header, client, status) in [
+        (proxy_v1("198.51.100.9"), "198.51.100.9", 200),
+        (proxy_v1("203.0.113.7"), "203.0.113.7", 403),
+        (
+            proxy_v2(Ipv4Addr::new(198, 51, 100, 10)),
+            "198.51.100.10",
+            200,
+        ),
+        (proxy_v2(Ipv4Addr::new(203, 0, 113, 8)), "203.0.113.8", 403),
+    ] {
+        let reply = exchange(from, lb, &[[header, get.clone()].concat()], Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, status, "{client}: {}", reply.text());
+        if status == 200 {
+            assert_eq!(forwarded_for(&reply), [client]);
+        }
+    }
+    // A header split across segments is waited for.
+    let header = proxy_v1("198.51.100.11");
+    let (first, rest) = header.split_at(20);
+    let split = exchange(
+        from,
+        lb,
+        &[first.to_vec(), [rest, &get].concat()],
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    assert_eq!(split.status, 200, "{}", split.text());
+    assert_eq!(forwarded_for(&split), ["198.51.100.11"]);
+
+    // Without a valid header the connection is refused with a 400 saying
+    // why, and the port keeps serving.
+    let forged = [
+        proxy_v1("198.51.100.12"),
+        proxy_v1("203.0.113.9"),
+        get.clone(),
+    ]
+    .concat();
+    for (writes, why) in [
+        (get.clone(), "no PROXY protocol header"),
+        (
+            [b"PROXY TCP4 nonsense\r\n".to_vec(), get.clone()].concat(),
+            "malformed PROXY protocol header",
+        ),
+    ] {
+        let refused = exchange(from, lb, &[writes], Duration::ZERO).await.unwrap();
+        assert_eq!(refused.status, 400, "{}", refused.text());
+        assert!(refused.text().contains(why), "{}", refused.text());
+    }
+    // Only the first header counts: a second one is the request's problem.
+    let doubled = exchange(from, lb, &[forged], Duration::ZERO).await.unwrap();
+    assert_eq!(doubled.status, 400, "{}", doubled.text());
+    let again = exchange(
+        from,
+        lb,
+        &[[proxy_v1("198.51.100.13"), get.clone()].concat()],
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+
+    // Where no Gateway asks for it, a header is not believed: it is not
+    // HTTP, and the client address stays the socket's.
+    let plain = exchange(
+        from,
+        gw.socket(80),
+        &[[proxy_v1("198.51.100.14"), get.clone()].concat()],
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, 400, "{}", plain.text());
+    let direct = exchange(
+        from,
+        gw.socket(80),
+        std::slice::from_ref(&get),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(direct.status, 200);
+    assert_eq!(forwarded_for(&direct), ["127.0.0.1"]);
+
+    // A value other than "true" or "false" serves nothing, and says why.
+    let typo = gw
+        .status_of("Gateway", "typo")
+        .await
+        .expect("typo's status");
+    let accepted = &typo["status"]["listeners"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .cloned()
+        .unwrap();
+    assert_eq!(accepted["status"], "False", "{accepted}");
+    assert_eq!(accepted["reason"], "UnsupportedProtocol");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("gatehouse.dev/proxy-protocol"),
+        "{accepted}"
     );
 }
 

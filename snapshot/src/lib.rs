@@ -54,11 +54,18 @@ impl Snapshot {
     }
 }
 
+/// `Hello.features` entry of a data plane that reads PROXY protocol
+/// headers (`Port.proxy_protocol`).
+pub const FEATURE_PROXY_PROTOCOL: &str = "proxy-protocol";
+
 /// The features a data plane must name to be sent `snapshot`.
 pub fn required_features(snapshot: &Snapshot) -> Vec<&'static str> {
     let mut features = Vec::new();
     if !snapshot.filters.is_empty() || !snapshot.chains.is_empty() {
         features.push(FEATURE_FILTERS);
+    }
+    if snapshot.ports.iter().any(|p| p.proxy_protocol) {
+        features.push(FEATURE_PROXY_PROTOCOL);
     }
     features
 }

@@ -28,7 +28,15 @@ pub struct GatewayModel<'a> {
     pub listeners: Vec<ListenerModel>,
     /// `spec.tls.backend.clientCertificateRef`, when set.
     pub backend_identity: Option<Result<Certificate, CertificateFailure>>,
+    /// Annotation [`PROXY_PROTOCOL_ANNOTATION`]: its listeners' connections
+    /// open with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
+
+/// Gateway annotation: "true" when a load balancer in front sends a PROXY
+/// protocol header (v1 or v2) on every connection, so that the client
+/// address is the one it names, not the load balancer's.
+pub const PROXY_PROTOCOL_ANNOTATION: &str = "gatehouse.dev/proxy-protocol";
 
 impl<'a> GatewayModel<'a> {
     pub fn new(gateway: &'a Gateway, options: &CompileOptions, secrets: &Secrets<'_>) -> Self {
@@ -52,6 +60,19 @@ impl<'a> GatewayModel<'a> {
             }
         }
         let backend_identity = secrets.backend_identity(&namespace, gateway.spec.tls.as_ref());
+        let proxy_protocol = match proxy_protocol(gateway) {
+            Ok(on) => on,
+            Err(problem) => {
+                // Served without it, the load balancer's header would be
+                // read as a request, or a client's forged one believed.
+                for l in &mut listeners {
+                    l.report
+                        .unsupported_protocol
+                        .get_or_insert_with(|| problem.clone());
+                }
+                false
+            }
+        };
         GatewayModel {
             gateway,
             namespace,
@@ -62,6 +83,7 @@ impl<'a> GatewayModel<'a> {
             addresses: addresses(gateway, options),
             listeners,
             backend_identity,
+            proxy_protocol,
         }
     }
 
@@ -84,6 +106,22 @@ impl<'a> GatewayModel<'a> {
 
     pub fn generation(&self) -> i64 {
         self.gateway.metadata.generation.unwrap_or(0)
+    }
+}
+
+fn proxy_protocol(gateway: &Gateway) -> Result<bool, String> {
+    let value = gateway
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROXY_PROTOCOL_ANNOTATION));
+    match value.map(|v| v.trim()) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(format!(
+            "annotation {PROXY_PROTOCOL_ANNOTATION} must be \"true\" or \"false\", not {v:?}"
+        )),
     }
 }
 

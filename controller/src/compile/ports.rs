@@ -60,7 +60,15 @@ struct ListenerBuild {
 pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     let (rules, first_rule, clusters) = rule_table(input);
     let mut chain_table = ChainTable::default();
-    type PortBuild = (u32, Protocol, Option<ClientValidation>, Vec<ListenerBuild>);
+    /// (port, protocol, client validation, PROXY protocol, listeners);
+    /// `sharing` lets only listeners that agree on all but the last share one.
+    type PortBuild = (
+        u32,
+        Protocol,
+        Option<ClientValidation>,
+        bool,
+        Vec<ListenerBuild>,
+    );
     let mut ports: BTreeMap<PortKey, PortBuild> = BTreeMap::new();
     let mut slots: HashMap<(usize, usize), Vec<(PortKey, usize)>> = HashMap::new();
     for (gi, g) in input.gateways.iter().enumerate() {
@@ -83,10 +91,13 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
                 // `sharing` keeps HTTP and HTTPS off one socket.
                 // Gateways sharing an HTTPS port share its handshake, so
                 // `sharing` lets only equal client validations share one.
-                let (_, _, validation, listeners) =
-                    ports
-                        .entry(key)
-                        .or_insert((u32::from(l.port), l.protocol, None, Vec::new()));
+                let (_, _, validation, _, listeners) = ports.entry(key).or_insert((
+                    u32::from(l.port),
+                    l.protocol,
+                    None,
+                    g.proxy_protocol,
+                    Vec::new(),
+                ));
                 if validation.is_none() {
                     validation.clone_from(&l.client_validation);
                 }
@@ -170,7 +181,7 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
             })
             .collect();
         for (key, index) in slots.get(&(a.gateway, a.listener)).into_iter().flatten() {
-            let listener = &mut ports.get_mut(key).expect("slot of a known port").3[*index];
+            let listener = &mut ports.get_mut(key).expect("slot of a known port").4[*index];
             for host in &a.hosts {
                 let entries = listener.hosts.entry(host.clone()).or_default();
                 for (ri, rule) in route.rules.iter().enumerate() {
@@ -189,13 +200,19 @@ pub fn group_snapshot(input: &GroupInput<'_, '_>) -> Snapshot {
     let ports = ports
         .into_iter()
         .map(
-            |((address, bind_port), (port, protocol, client_validation, listeners))| Port {
-                address: address.to_string(),
-                port,
-                bind_port,
-                protocol: protocol as i32,
-                client_validation,
-                listeners: finish_listeners(listeners),
+            |(
+                (address, bind_port),
+                (port, protocol, client_validation, proxy_protocol, listeners),
+            )| {
+                Port {
+                    address: address.to_string(),
+                    port,
+                    bind_port,
+                    protocol: protocol as i32,
+                    client_validation,
+                    listeners: finish_listeners(listeners),
+                    proxy_protocol,
+                }
             },
         )
         .collect();

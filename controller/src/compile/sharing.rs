@@ -7,7 +7,8 @@
 //! is already bound by an older Gateway on an overlapping address that is not
 //! the same socket (0.0.0.0 beside 127.0.0.2, the same address in another
 //! cluster group, whose data plane is another process, or the same socket
-//! with the other one of HTTP and HTTPS) is marked
+//! with the other one of HTTP and HTTPS, other client certificate
+//! validation, or PROXY protocol headers on one and not the other) is marked
 //! `PortUnavailable`: its bind would fail and make the whole snapshot
 //! unusable. Listeners on the very same socket are compatible: they merge
 //! (see `ports`), the same hostname serving the union of their routes.
@@ -37,6 +38,8 @@ struct Holder {
     protocol: Protocol,
     /// HTTPS: client certificate validation, which is per socket.
     validation: Option<gatehouse_snapshot::ClientValidation>,
+    /// PROXY protocol headers, which are per socket.
+    proxy_protocol: bool,
 }
 
 /// Marks listeners that cannot share a socket with older Gateways'.
@@ -82,6 +85,7 @@ pub fn mark_shared_port_conflicts(
                                 || (options.groups_share_host && h.group != g.group)
                                 || h.protocol != l.protocol
                                 || h.validation != l.client_validation
+                                || h.proxy_protocol != g.proxy_protocol
                         })
                         .map(|h| (*address, h))
                 })
@@ -94,6 +98,9 @@ pub fn mark_shared_port_conflicts(
                         format!(" with protocol {}", h.protocol.as_str_name())
                     } else if h.validation != l.client_validation {
                         " with other client certificate validation (spec.tls.frontend)".to_owned()
+                    } else if h.proxy_protocol != g.proxy_protocol {
+                        let expects = if h.proxy_protocol { "" } else { " no" };
+                        format!(" expecting{expects} PROXY protocol headers")
                     } else {
                         String::new()
                     };
@@ -111,6 +118,7 @@ pub fn mark_shared_port_conflicts(
                             gateway: gateway.clone(),
                             protocol: l.protocol,
                             validation: l.client_validation.clone(),
+                            proxy_protocol: g.proxy_protocol,
                         }));
                     }
                 }

@@ -20,12 +20,13 @@ use hyper_util::{
     },
 };
 use tokio::{
+    io::AsyncWriteExt,
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{oneshot, watch},
     task::JoinHandle,
 };
 
-use super::{Connection, Dataplane};
+use super::{Connection, Dataplane, proxy_protocol};
 use crate::table::PortKey;
 
 /// Longest a client may take to complete a TLS handshake.
@@ -182,19 +183,36 @@ async fn accept_loop(
 /// HTTP/2 or HTTP/1.1 by ALPN; in clear text HTTP/1.1 or, when it opens with
 /// the HTTP/2 preface, h2c.
 async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     port: PortKey,
-    client: SocketAddr,
+    mut client: SocketAddr,
     dataplane: Arc<Dataplane>,
     builders: Arc<Builders>,
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
 ) {
-    let tls = dataplane
-        .table
-        .load()
-        .port(&port)
-        .and_then(|p| p.tls.clone());
+    let (tls, proxy_protocol) = {
+        let table = dataplane.table.load();
+        let found = table.port(&port);
+        (
+            found.and_then(|p| p.tls.clone()),
+            found.is_some_and(|p| p.proxy_protocol),
+        )
+    };
+    if proxy_protocol {
+        let header = tokio::select! {
+            read = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read(&mut stream)) => read,
+            _ = closing.wait_for(|closing| *closing) => return,
+        };
+        match header {
+            Ok(Ok(named)) => client = named.unwrap_or(client),
+            Ok(Err(error)) => return refuse(stream, tls.is_none(), &error, port, client).await,
+            Err(_) => {
+                tracing::debug!(%port, %client, "PROXY protocol header timed out");
+                return;
+            }
+        }
+    }
     let Some(config) = tls else {
         return serve_cleartext(stream, port, client, dataplane, builders, watcher, closing).await;
     };
@@ -236,6 +254,34 @@ async fn serve(
     };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "TLS connection ended with an error");
+    }
+}
+
+/// Closes a connection whose PROXY protocol header is missing or
+/// malformed; in clear text with a 400 first, so that someone reaching the
+/// port without the load balancer learns why.
+async fn refuse(
+    mut stream: TcpStream,
+    cleartext: bool,
+    error: &proxy_protocol::HeaderError,
+    port: PortKey,
+    client: SocketAddr,
+) {
+    tracing::debug!(%port, %client, %error, "connection refused");
+    if cleartext && *error != proxy_protocol::HeaderError::Closed {
+        let body = format!("{error}\n");
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let written = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+        if let Ok(Err(error)) = written {
+            tracing::debug!(%port, %client, %error, "refusal not delivered");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod filters;
 mod handler;
 mod headers;
 mod listeners;
+pub mod proxy_protocol;
 mod request_body;
 mod retry;
 mod upgrade;

@@ -145,6 +145,7 @@ fn build_port(port: &pb::Port, i: usize, counts: Counts) -> Result<(PortKey, Por
             port: logical,
             scheme,
             tls,
+            proxy_protocol: port.proxy_protocol,
             listeners,
         },
     ))

@@ -91,6 +91,8 @@ pub struct Port {
     pub scheme: Scheme,
     /// HTTPS: the handshake config, certificates picked by SNI.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections open with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
     pub listeners: Box<[Listener]>,
 }
 
