@@ -139,23 +139,23 @@ impl GroupSnapshot {
     pub fn with_endpoints(&self, updates: Vec<(u32, Vec<Endpoint>)>) -> Option<Self> {
         let mut changed = self.changed.clone();
         let mut digest = self.digest;
-        let mut clusters = Vec::new();
+        let mut clusters = BTreeSet::new();
         for (index, endpoints) in updates {
-            if index as usize >= self.compiled.clusters.len() {
+            if index as usize >= self.compiled.clusters.len() || clusters.contains(&index) {
                 continue;
             }
             let old = self.endpoints(index);
-            if old == endpoints.as_slice() || clusters.contains(&index) {
+            if old == endpoints.as_slice() {
                 continue;
             }
             digest.replace_endpoints(index, old, &endpoints);
             changed.insert(index, endpoints.into());
-            clusters.push(index);
+            clusters.insert(index);
         }
         if clusters.is_empty() {
             return None;
         }
-        clusters.sort_unstable();
+        let clusters: Vec<u32> = clusters.into_iter().collect();
         let mut steps = VecDeque::clone(&self.steps);
         if steps.len() == REMEMBERED_STEPS {
             steps.pop_front();
