@@ -166,8 +166,21 @@ impl TlsClient {
         host: &str,
         path: &str,
     ) -> anyhow::Result<TlsReply> {
+        self.get_after(&[], addr, sni, host, path).await
+    }
+
+    /// [`Self::get`] on a connection that first sends `preamble` in clear
+    /// (a PROXY protocol header, as a load balancer would).
+    pub async fn get_after(
+        &self,
+        preamble: &[u8],
+        addr: SocketAddr,
+        sni: &str,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<TlsReply> {
         let exchange = async {
-            let (tls, served) = self.handshake(addr, sni).await?;
+            let (tls, served) = self.handshake(addr, sni, preamble).await?;
             let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             let io = TokioIo::new(tls);
             let response = if alpn.as_deref() == Some(b"h2") {
@@ -199,7 +212,7 @@ impl TlsClient {
     /// One HTTP/1.1 connection to `addr` with SNI `sni`, kept open for
     /// several requests.
     pub async fn connect(&self, addr: SocketAddr, sni: &str) -> anyhow::Result<TlsConnection> {
-        let (tls, served) = self.handshake(addr, sni).await?;
+        let (tls, served) = self.handshake(addr, sni, &[]).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(connection);
         Ok(TlsConnection { sender, served })
@@ -207,17 +220,20 @@ impl TlsClient {
 }
 
 impl TlsClient {
-    /// A TLS connection to `addr` with SNI `sni`, and the DER of the
-    /// end-entity certificate the server presented.
+    /// A TLS connection to `addr` with SNI `sni`, after `preamble` in
+    /// clear, and the DER of the end-entity certificate the server
+    /// presented.
     async fn handshake(
         &self,
         addr: SocketAddr,
         sni: &str,
+        preamble: &[u8],
     ) -> anyhow::Result<(
         tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         Vec<u8>,
     )> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, preamble).await?;
         let name = ServerName::try_from(sni.to_owned())?;
         let tls = tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, tcp)

@@ -374,3 +374,45 @@ data:
         assert_eq!(get(client, 8443).await.unwrap().reply.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_precedes_the_tls_handshake() {
+    let ca = TestCa::new();
+    let cert = ca.issue(&["lb.test"]);
+    let backend = Echo::start("behind-lb");
+    let gateway = manifests::gateway_with(
+        "  - name: https\n    port: 443\n    protocol: HTTPS\n    tls: {certificateRefs: [{name: cert}]}\n",
+    )
+    .replace(
+        "  name: gw\n  namespace: default\n",
+        "  name: gw\n  namespace: default\n  annotations: {gatehouse.dev/proxy-protocol: \"true\"}\n",
+    );
+    let docs = [
+        gateway,
+        secret("default", "cert", &cert),
+        manifests::service("default", "svc", &[backend.port()]),
+        manifests::route("r", "gw", &["lb.test"], "[{name: svc, port: 80}]"),
+    ];
+    let gw = Standalone::start(&[("all.yaml", docs.join("---\n"))]).await;
+    let addr = gw.socket(443);
+    let client = TlsClient::new(&ca, false);
+    let header = b"PROXY TCP4 198.51.100.20 192.0.2.1 41000 443\r\n";
+    let reply = client
+        .get_after(header, addr, "lb.test", "lb.test", "/")
+        .await
+        .expect("HTTPS after a PROXY header")
+        .reply;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        gatehouse_e2e::echoed_header(&reply.echo(), "x-forwarded-for"),
+        ["198.51.100.20"]
+    );
+    // Without the header the ClientHello is no PROXY header: the connection
+    // is closed, and the port serves the next one as before.
+    assert!(client.get(addr, "lb.test", "lb.test", "/").await.is_err());
+    let again = client
+        .get_after(header, addr, "lb.test", "lb.test", "/")
+        .await
+        .expect("served again");
+    assert_eq!(again.reply.status, 200);
+}
