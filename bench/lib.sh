@@ -233,7 +233,7 @@ EOF
 }
 
 # `gatehouse_wrapper` (an array, empty by default) prefixes the data plane
-# command, e.g. with valgrind.
+# command, e.g. with valgrind; `gatehouse_bin` replaces the binary.
 start_gatehouse() {
     need_free_port "$gatehouse_port" GATEHOUSE_PORT
     need_free_port "$gatehouse_admin_port" GATEHOUSE_ADMIN_PORT
@@ -241,7 +241,7 @@ start_gatehouse() {
     mkdir -p "$dir"
     write_snapshot "$dir/snapshot.json"
     # Warnings only, as nginx runs with its access log off.
-    RUST_LOG=${GATEHOUSE_LOG:-warn} spawn taskset -c "$proxy_cpu" "${gatehouse_wrapper[@]}" "$bin_dir/gatehouse-dataplane" \
+    RUST_LOG=${GATEHOUSE_LOG:-warn} spawn taskset -c "$proxy_cpu" "${gatehouse_wrapper[@]}" "${gatehouse_bin:-$bin_dir/gatehouse-dataplane}" \
         --snapshot "$dir/snapshot.json" --admin "127.0.0.1:$gatehouse_admin_port" --workers 1 \
         >"$dir/dataplane.log" 2>&1
     proxy_pid=$started

@@ -14,14 +14,16 @@
 #   context-switches  wake-ups and preemptions per request
 #   syscalls          raw_syscalls:sys_enter per request
 #   page-faults       per request (should be ~0 once warm)
-# Then, unless --no-dhat, the data plane runs under `valgrind --tool=dhat`
-# twice: once serving only the readiness request, once under load (8
-# connections, as valgrind is ~50x slower). The difference in heap blocks and
+# Then, unless --no-dhat, the data plane (built without mimalloc, which
+# dhat cannot see into) runs under `valgrind --tool=dhat` twice: once
+# serving only the readiness request, once under load (8 connections, as
+# valgrind is ~50x slower). The difference in heap blocks and
 # bytes allocated, divided by the extra requests, is allocations per request,
 # with startup cancelled out.
 #
 # Needs perf (Debian: linux-perf) with perf_event_paranoid <= 2 for its own
-# processes, and valgrind for the dhat part. Whole run: about 40 s.
+# processes, and valgrind for the dhat part. Whole run: about 40 s, plus two
+# builds of the data plane for the dhat part.
 
 set -euo pipefail
 
@@ -62,6 +64,20 @@ require "${tools[@]}"
 packages=(gatehouse-echo)
 wants gatehouse && packages+=(gatehouse-dataplane)
 build_binaries "${packages[@]}"
+# dhat sees only the system allocator: the data plane built without
+# mimalloc, kept beside the other binaries.
+system_alloc=$bin_dir/system-alloc/gatehouse-dataplane
+if ((dhat && build)); then
+    echo "building gatehouse-dataplane with the system allocator (release)" >&2
+    (cd "$root" && cargo build --release --quiet -p gatehouse-dataplane --no-default-features)
+    mkdir -p "$(dirname "$system_alloc")"
+    cp "$bin_dir/gatehouse-dataplane" "$system_alloc"
+    (cd "$root" && cargo build --release --quiet -p gatehouse-dataplane)
+fi
+if ((dhat)) && [[ ! -x $system_alloc ]]; then
+    echo "missing $system_alloc (drop --no-build, or --no-dhat)" >&2
+    exit 1
+fi
 
 bench_setup
 start_upstream
@@ -124,6 +140,7 @@ dhat_totals() {
 dhat_run() {
     local label=$1 seconds=$2
     gatehouse_wrapper=(valgrind --tool=dhat "--dhat-out-file=$tmp/dhat.$label.json")
+    gatehouse_bin=$system_alloc
     start_gatehouse
     dhat_requests=1
     if ((seconds)); then
