@@ -156,7 +156,7 @@ fn started() -> (KubeLite, Echo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_written_and_traffic_follows_the_cluster() {
-    let (kube, _echo) = started();
+    let (kube, echo) = started();
     // Another controller's parent status on the route, which ours must keep.
     kube.run_kubectl(
         &[
@@ -294,6 +294,36 @@ spec:
             .unwrap(),
     );
     assert_eq!(served, snapshots["default"]);
+
+    // A burst of endpoint changes, as in a rollout: whatever the data plane
+    // is sent of it (updates from the version it serves, or the whole
+    // snapshot), it ends serving the controller's last version.
+    let ports = [echo.port(), moved.port()];
+    for round in 0..6 {
+        kube.apply_str(&service(ports[round % 2])).unwrap();
+    }
+    eventually(Duration::from_secs(30), || async {
+        let served = json(
+            client
+                .get(&format!("http://{dp_admin}/debug/snapshot"), None)
+                .await?,
+        );
+        let held = json(
+            client
+                .get(&format!("http://{}/debug/snapshots", c.admin), None)
+                .await?,
+        );
+        anyhow::ensure!(
+            served == held["default"],
+            "serving {} while the controller holds {}",
+            served["version"],
+            held["default"]["version"]
+        );
+        let reply = client.get(&url, Some("web.test")).await?;
+        anyhow::ensure!(reply.backend() == Some("k8s-b"), "{:?}", reply.backend());
+        Ok(())
+    })
+    .await;
 
     // A spec change: generation 2, reported as observed, ours alone changed.
     kube.apply_str(&route("[web.test, other.test]")).unwrap();
