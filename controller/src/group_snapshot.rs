@@ -53,7 +53,8 @@ struct Step {
 }
 
 impl GroupSnapshot {
-    /// A compiled snapshot; seals it when its version is empty.
+    /// A compiled snapshot, sealed again: the digest that comes of it is
+    /// what endpoint changes continue from.
     pub fn compiled(mut snapshot: Snapshot) -> Self {
         let digest = gatehouse_snapshot::seal(&mut snapshot);
         let mut services = ServiceClusters::new();
