@@ -10,6 +10,7 @@
 //! (`ports`, `precedence`) → statuses (`crate::status`).
 
 mod attach;
+mod attached_invalid;
 mod backend;
 mod backend_tls;
 mod chain;
@@ -230,6 +231,12 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Compiled {
     );
     kinds::resolve(&routes, &route_ranks, &mut attachments, &mut route_reports);
     let chains = chain::Chains::new(&filter_objects);
+    attached_invalid::report(
+        &chains,
+        &filter_objects,
+        (&gateways, &routes, &attachments),
+        &mut route_reports,
+    );
     let groups: BTreeSet<&str> = gateways.iter().flat_map(|g| g.groups()).collect();
     let snapshots = groups
         .into_iter()
