@@ -158,16 +158,17 @@ impl Dataplane {
                     found = find_route(&table, &conn, &request);
                 }
                 Err(local) => {
-                    let mut response = local_response(local, grpc);
-                    // A browser reads the refusal only with CORS headers.
-                    if let Ok(first) = &found
-                        && let Some(policy) =
-                            first.rule.filters.as_ref().and_then(|f| f.cors.as_ref())
-                        && let CorsDecision::Actual(headers) =
-                            policy.decide(request.method(), request.headers())
-                    {
-                        filters::add_cors(response.headers_mut(), headers);
+                    let cors = match &found {
+                        Ok(first) => first.rule.filters.as_ref().and_then(|f| f.cors.as_ref()),
+                        Err(_) => None,
                     }
+                    .and_then(|policy| {
+                        match policy.decide(request.method(), request.headers()) {
+                            CorsDecision::Actual(headers) => Some(headers),
+                            _ => None,
+                        }
+                    });
+                    let response = refusal(local, grpc, cors);
                     let stats = match &found {
                         Ok(first) => &first.rule.stats,
                         Err(_) => self.stats.no_route(),
@@ -259,13 +260,7 @@ impl Dataplane {
             };
             match chain.run(facts, request.headers_mut(), passed).await {
                 Ok(ok) => passed = ok,
-                Err(local) => {
-                    let mut response = local_response(local, grpc);
-                    if let Some(headers) = cors {
-                        filters::add_cors(response.headers_mut(), headers);
-                    }
-                    return Ok(response);
-                }
+                Err(local) => return Ok(refusal(local, grpc, cors)),
             }
         }
         if passed.strip_authorization {
@@ -684,6 +679,20 @@ fn local_response(local: Local, grpc: bool) -> Response<ProxyBody> {
     let headers = response.headers_mut();
     for (name, value) in local.headers {
         headers.append(name, value);
+    }
+    response
+}
+
+/// A filter's refusal, with the rule's CORS headers for an actual CORS
+/// request: a browser shows the page the refusal only with them.
+fn refusal(
+    local: Local,
+    grpc: bool,
+    cors: Option<Vec<(http::HeaderName, HeaderValue)>>,
+) -> Response<ProxyBody> {
+    let mut response = local_response(local, grpc);
+    if let Some(headers) = cors {
+        filters::add_cors(response.headers_mut(), headers);
     }
     response
 }

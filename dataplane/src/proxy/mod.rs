@@ -55,6 +55,15 @@ pub enum ApplyError {
     Bind(#[from] BindError),
 }
 
+/// Every endpoint address of `table`'s clusters: the pools to keep.
+fn endpoint_addresses(table: &Table) -> HashSet<std::net::SocketAddr> {
+    table
+        .clusters()
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+        .collect()
+}
+
 /// What `apply` did with a snapshot it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -155,11 +164,7 @@ impl Dataplane {
         let table = Table::build_with(Arc::new(snapshot), Some(&current), &self.stats)?;
         let bound = listeners.bind_missing(table.port_keys()).await?;
         let kept = table.port_keys().to_vec();
-        let endpoints = table
-            .clusters()
-            .iter()
-            .flat_map(|c| c.endpoints.iter().map(|e| e.address))
-            .collect();
+        let endpoints = endpoint_addresses(&table);
         self.table.store(Arc::new(table));
         self.upstream.retain(&endpoints);
         listeners.start(bound, self);
@@ -184,22 +189,13 @@ impl Dataplane {
             return Ok(Applied::Unchanged);
         }
         let crate::table::Updated { table, removed } = current.with_endpoint_update(update)?;
-        let forgotten: HashSet<std::net::SocketAddr> = if removed.is_empty() {
-            HashSet::new()
-        } else {
-            // Pools are per address, and another cluster may still use one.
-            let in_use: HashSet<std::net::SocketAddr> = table
-                .clusters()
-                .iter()
-                .flat_map(|c| c.endpoints.iter().map(|e| e.address))
-                .collect();
-            removed
-                .into_iter()
-                .filter(|a| !in_use.contains(a))
-                .collect()
-        };
+        // Pools are per address, and another cluster may still use one:
+        // what the new table still has is kept, as after a whole snapshot.
+        let kept = (!removed.is_empty()).then(|| endpoint_addresses(&table));
         self.table.store(Arc::new(table));
-        self.upstream.forget(&forgotten);
+        if let Some(kept) = kept {
+            self.upstream.retain(&kept);
+        }
         self.endpoint_updates.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version = %update.version, clusters = update.endpoint_updates.len(), "endpoint update applied");
         Ok(Applied::Swapped)

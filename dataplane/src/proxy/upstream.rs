@@ -270,25 +270,6 @@ impl Upstream {
         prune(&self.h2, kept);
     }
 
-    /// Drops the pools of `addresses`, which no cluster has any more.
-    pub fn forget(&self, addresses: &HashSet<SocketAddr>) {
-        fn prune<V>(map: &ArcSwap<AddrMap<V>>, gone: &HashSet<SocketAddr>) {
-            if !map.load().keys().any(|k| gone.contains(&k.address)) {
-                return;
-            }
-            map.rcu(|slots| {
-                let mut slots = AddrMap::clone(slots);
-                slots.retain(|k, _| !gone.contains(&k.address));
-                slots
-            });
-        }
-        if addresses.is_empty() {
-            return;
-        }
-        prune(&self.http1, addresses);
-        prune(&self.h2, addresses);
-    }
-
     async fn h2_sender(
         &self,
         address: SocketAddr,
