@@ -11,9 +11,9 @@ use bytes::{BufMut, Bytes};
 use prost::Message;
 use tonic::{
     Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{Codec, EncodeBuf, Encoder},
 };
-use tonic_prost::ProstCodec;
+use tonic_prost::{ProstCodec, ProstDecoder};
 
 use crate::{DataPlaneMessage, Snapshot};
 
@@ -59,30 +59,18 @@ impl Encoder for PreEncoded {
     }
 }
 
-/// Decodes what data planes send.
-pub struct Inbound(<ProstCodec<Snapshot, DataPlaneMessage> as Codec>::Decoder);
-
-impl Decoder for Inbound {
-    type Item = DataPlaneMessage;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DataPlaneMessage>, Status> {
-        self.0.decode(src)
-    }
-}
-
 impl Codec for SnapshotServerCodec {
     type Encode = EncodedSnapshot;
     type Decode = DataPlaneMessage;
     type Encoder = PreEncoded;
-    type Decoder = Inbound;
+    type Decoder = ProstDecoder<DataPlaneMessage>;
 
     fn encoder(&mut self) -> PreEncoded {
         PreEncoded
     }
 
-    fn decoder(&mut self) -> Inbound {
-        Inbound(ProstCodec::<Snapshot, DataPlaneMessage>::default().decoder())
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<Snapshot, DataPlaneMessage>::default().decoder()
     }
 }
 
