@@ -397,9 +397,12 @@ impl Reply {
 
     /// Which echo backend answered.
     pub fn backend(&self) -> Option<&str> {
-        self.headers
-            .get("x-echo-name")
-            .and_then(|v| v.to_str().ok())
+        self.header("x-echo-name")
+    }
+
+    /// The first value of response header `name`, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 

@@ -175,14 +175,10 @@ async fn get(
         .unwrap_or_else(|e| panic!("GET {host}{path}: {e:#}"))
 }
 
-fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-    reply.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 fn assert_forbidden(reply: &Reply, case: &str) {
     assert_eq!(reply.status, 403, "{case}: {}", reply.text());
     assert_eq!(
-        header(reply, "www-authenticate"),
+        reply.header("www-authenticate"),
         None,
         "{case}: jwtAuth answered"
     );
@@ -192,7 +188,7 @@ fn assert_forbidden(reply: &Reply, case: &str) {
 /// 401 from jwtAuth: a Bearer challenge, no backend.
 fn assert_unauthorized(reply: &Reply, case: &str) {
     assert_eq!(reply.status, 401, "{case}: {}", reply.text());
-    let challenge = header(reply, "www-authenticate").unwrap_or_default();
+    let challenge = reply.header("www-authenticate").unwrap_or_default();
     assert!(challenge.starts_with("Bearer"), "{case}: {challenge:?}");
     assert_eq!(reply.backend(), None, "{case}: reached the backend");
 }
@@ -414,7 +410,7 @@ async fn a_rate_limit_keyed_by_a_claim_sees_the_verified_claim() {
         let reply = get(&client, &gw, "api.test", "/", &[("authorization", &forged)]).await;
         assert_unauthorized(&reply, &format!("forged carol #{i}"));
         assert_eq!(
-            header(&reply, "ratelimit-remaining"),
+            reply.header("ratelimit-remaining"),
             None,
             "the limit ran for a forged token"
         );
@@ -445,7 +441,7 @@ async fn a_rate_limit_keyed_by_a_claim_sees_the_verified_claim() {
     .await;
     assert_passed(&reply, "api", "dave posing as alice");
     assert_eq!(reply.echoed("x-user"), ["dave"], "{}", reply.text());
-    assert_eq!(header(&reply, "ratelimit-remaining"), Some("1"));
+    assert_eq!(reply.header("ratelimit-remaining"), Some("1"));
     assert_eq!(
         statuses("dave", &[("x-user", "zed")]).await,
         [200, 429, 429],
@@ -500,7 +496,7 @@ async fn a_rate_limit_keyed_by_client_ip_runs_after_authentication() {
         let reply = get_from(&gw, client_a, "app.test", "/", &[]).await;
         assert_unauthorized(&reply, &format!("no token #{i}"));
         assert_eq!(
-            header(&reply, "ratelimit-remaining"),
+            reply.header("ratelimit-remaining"),
             None,
             "the limit ran for an unauthenticated request"
         );
@@ -523,7 +519,7 @@ async fn a_rate_limit_keyed_by_client_ip_runs_after_authentication() {
         statuses.push(reply.status);
         if reply.status == 200 {
             assert_eq!(reply.backend(), Some("app"));
-            assert_eq!(header(&reply, "ratelimit-limit"), Some("2"));
+            assert_eq!(reply.header("ratelimit-limit"), Some("2"));
         }
     }
     assert_eq!(

@@ -239,12 +239,9 @@ async fn get(client: &HttpClient, gw: &Standalone, host: &str, path: &str) -> Re
         .unwrap_or_else(|e| panic!("GET {host}{path}: {e:#}"))
 }
 
-fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-    reply.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 fn number(reply: &Reply, name: &str) -> u64 {
-    header(reply, name)
+    reply
+        .header(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no numeric {name} in {:?}", reply.headers))
 }
@@ -373,17 +370,17 @@ async fn static_response_answers_with_its_status_headers_and_body_without_a_back
 
     let reply = get(&client, &gw, "tea.test", "/any/path?x=1").await;
     assert_eq!(reply.status, 418, "{}", reply.text());
-    assert_eq!(header(&reply, "x-a"), Some("b"));
-    assert_eq!(header(&reply, "content-type"), Some("application/json"));
+    assert_eq!(reply.header("x-a"), Some("b"));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
     assert_eq!(reply.text(), r#"{"tea": true}"#);
-    assert_eq!(header(&reply, "content-length"), Some("13"));
+    assert_eq!(reply.header("content-length"), Some("13"));
     assert!(reply.backend().is_none());
 
     // Defaults: 200 and text/plain.
     let reply = get(&client, &gw, "hello.test", "/").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "hello");
-    assert_eq!(header(&reply, "content-type"), Some("text/plain"));
+    assert_eq!(reply.header("content-type"), Some("text/plain"));
 
     // A POST with a body gets the same answer.
     let reply = client
@@ -1471,7 +1468,7 @@ async fn phases_run_in_their_order_whatever_order_says_and_every_rate_limit_appl
         assert_eq!((reply.status, reply.text().as_str()), (203, "static"));
         assert_eq!(number(&reply, "ratelimit-limit"), 2);
         assert_eq!(number(&reply, "ratelimit-remaining"), remaining);
-        assert!(header(&reply, "ratelimit-reset").is_some());
+        assert!(reply.header("ratelimit-reset").is_some());
     }
     let reply = get(&client, &gw, "limited-static.test", "/").await;
     assert_eq!(reply.status, 429, "{}", reply.text());
@@ -1640,7 +1637,7 @@ async fn rate_limit_headers_come_with_every_answer() {
         let reply = get(&client, &gw, host, "/x").await;
         assert_eq!(reply.status, status, "{host}: {}", reply.text());
         for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
-            if header(&reply, name).is_none() {
+            if reply.header(name).is_none() {
                 missing.push(format!("{host} ({status}) lacks {name}"));
             }
         }
