@@ -21,6 +21,7 @@ use super::{
     filters, headers,
     request_body::{ClientBody, RequestBody},
     upgrade,
+    upstream::{Checkin, UpstreamError},
 };
 use crate::filters::{Chain, Local, Passed, RequestFacts};
 use crate::table::{
@@ -122,83 +123,99 @@ impl Dataplane {
     /// Serves one request that arrived on the socket `port`. Never fails:
     /// errors are answered locally; the `Result` is hyper's service shape,
     /// returned as is so that no wrapping future copies this one.
-    pub(crate) async fn handle(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each argument twice in its future"
+    )]
+    pub(crate) fn handle(
         self: Arc<Self>,
         conn: Connection,
-        request: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let table = self.table.load_full();
-        let grpc = is_grpc(&request);
-        let mut request = request;
-        strip_claim_headers(&table, &conn, &mut request);
-        let mut found = find_route(&table, &conn, &request);
-        let mut early = Passed::default();
-        // Claims a Gateway's jwtAuth writes to headers are part of what
-        // routes match on: the filters that do not depend on the route run
-        // first, then the route is looked up again on the verified headers.
-        let early_chain = match &found {
-            Ok(first) => first.chain,
-            Err((ProxyError::NoRoute, listener_chain)) => *listener_chain,
-            Err(_) => None,
-        }
-        .filter(|c| c.routes_on_claims);
-        if let Some(chain) = early_chain
-            && preflight_method(&request).is_none()
-        {
-            let facts = RequestFacts {
-                peer: conn.client.ip(),
-                rule: "",
-            };
-            // Boxed: a rare path, kept out of every request's future.
-            let phases = Box::pin(chain.run_gateway_phases(facts, request.headers_mut()));
-            match phases.await {
-                Ok(passed) => {
-                    early = passed;
-                    found = find_route(&table, &conn, &request);
-                }
-                Err(local) => {
-                    let cors = match &found {
-                        Ok(first) => first.rule.filters.as_ref().and_then(|f| f.cors.as_ref()),
-                        Err(_) => None,
+        mut request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+        // An async block rather than an async fn: it uses its captures in
+        // place, where an async fn keeps each argument twice (as captured
+        // and as a local), and this future is moved whole on every request.
+        async move {
+            let started = Instant::now();
+            let table = self.table.load_full();
+            let grpc = is_grpc(&request);
+            strip_claim_headers(&table, &conn, &mut request);
+            let mut found = find_route(&table, &conn, &request);
+            let mut early = Passed::default();
+            // Claims a Gateway's jwtAuth writes to headers are part of what
+            // routes match on: the filters that do not depend on the route run
+            // first, then the route is looked up again on the verified headers.
+            let early_chain = match &found {
+                Ok(first) => first.chain,
+                Err((ProxyError::NoRoute, listener_chain)) => *listener_chain,
+                Err(_) => None,
+            }
+            .filter(|c| c.routes_on_claims);
+            if let Some(chain) = early_chain
+                && preflight_method(&request).is_none()
+            {
+                let facts = RequestFacts {
+                    peer: conn.client.ip(),
+                    rule: "",
+                };
+                // Boxed: a rare path, kept out of every request's future.
+                let phases = Box::pin(chain.run_gateway_phases(facts, request.headers_mut()));
+                match phases.await {
+                    Ok(passed) => {
+                        early = passed;
+                        found = find_route(&table, &conn, &request);
                     }
-                    .and_then(|policy| {
-                        match policy.decide(request.method(), request.headers()) {
-                            CorsDecision::Actual(headers) => Some(headers),
-                            _ => None,
+                    Err(local) => {
+                        let cors = match &found {
+                            Ok(first) => first.rule.filters.as_ref().and_then(|f| f.cors.as_ref()),
+                            Err(_) => None,
                         }
-                    });
-                    let response = refusal(local, grpc, cors);
-                    let stats = match &found {
-                        Ok(first) => &first.rule.stats,
-                        Err(_) => self.stats.no_route(),
-                    };
-                    stats.record(response.status().as_u16(), started.elapsed());
-                    return Ok(response);
+                        .and_then(|policy| {
+                            match policy.decide(request.method(), request.headers()) {
+                                CorsDecision::Actual(headers) => Some(headers),
+                                _ => None,
+                            }
+                        });
+                        let response = refusal(local, grpc, cors);
+                        let stats = match &found {
+                            Ok(first) => &first.rule.stats,
+                            Err(_) => self.stats.no_route(),
+                        };
+                        stats.record(response.status().as_u16(), started.elapsed());
+                        return Ok(response);
+                    }
                 }
             }
+            let (stats, result) = match found {
+                // A rule without filters, request timeout or retries is
+                // forwarded in this future; the others take the boxed path.
+                Ok(found) if found.is_plain() && early.ran.is_empty() => {
+                    let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
+                    (
+                        &found.rule.stats,
+                        self.forward(&table, found, &conn, request, 0).await,
+                    )
+                }
+                Ok(found) => (
+                    &found.rule.stats,
+                    Box::pin(self.serve(&table, found, &conn, request, early)).await,
+                ),
+                Err((error, Some(chain))) => (
+                    self.stats.no_route(),
+                    Box::pin(unrouted(chain, &conn, request, error, grpc, early)).await,
+                ),
+                Err((error, None)) => (self.stats.no_route(), Err(error)),
+            };
+            let response = result.unwrap_or_else(|error| {
+                tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
+                error.response_for(grpc)
+            });
+            stats.record(response.status().as_u16(), started.elapsed());
+            Ok(response)
         }
-        let (stats, result) = match found {
-            Ok(found) => (
-                &found.rule.stats,
-                self.serve(&table, found, &conn, request, early).await,
-            ),
-            Err((error, Some(chain))) => (
-                self.stats.no_route(),
-                Box::pin(unrouted(chain, &conn, request, error, grpc, early)).await,
-            ),
-            Err((error, None)) => (self.stats.no_route(), Err(error)),
-        };
-        let response = result.unwrap_or_else(|error| {
-            tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
-            error.response_for(grpc)
-        });
-        stats.record(response.status().as_u16(), started.elapsed());
-        Ok(response)
     }
 
-    /// A rule without filters, request timeout or retries goes straight
-    /// to `forward`; the others take the boxed, slower path.
+    /// A rule with filters, a request timeout or retries.
     async fn serve(
         self: &Arc<Self>,
         table: &Table,
@@ -207,23 +224,14 @@ impl Dataplane {
         request: Request<Incoming>,
         early: Passed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let rule = found.rule;
-        if rule.filters.is_none()
-            && rule.request_timeout.is_none()
-            && rule.retry.is_none()
-            && found.chain.is_none()
-            && early.ran.is_empty()
-        {
-            let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
-            return self.forward(table, found, conn, request, 0).await;
-        }
-        let filtered = Box::pin(self.filtered(table, found, conn, request, early));
-        match rule.request_timeout {
-            None => filtered.await,
+        match found.rule.request_timeout {
+            None => self.filtered(table, found, conn, request, early).await,
             // Dropping the future on expiry cancels the upstream request.
-            Some(limit) => tokio::time::timeout(limit, filtered)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
+            Some(limit) => {
+                tokio::time::timeout(limit, self.filtered(table, found, conn, request, early))
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout))
+            }
         }
     }
 
@@ -322,120 +330,160 @@ impl Dataplane {
 
     /// One upstream attempt (`attempt` 0 is the first; a retry's
     /// backendRef mirrors are not sent again).
-    pub(super) async fn forward(
-        self: &Arc<Self>,
-        table: &Table,
-        found: Found<'_>,
-        conn: &Connection,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each argument twice in its future"
+    )]
+    pub(super) fn forward<'a>(
+        self: &'a Arc<Self>,
+        table: &'a Table,
+        found: Found<'a>,
+        conn: &'a Connection,
         mut request: Request<RequestBody>,
         attempt: u32,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let rule = found.rule;
-        let backend = rule
-            .pick_backend(rand::random())
-            .ok_or(ProxyError::NoBackend)?;
-        let backend_filters = backend.filters.as_deref();
-        if let Some(filters) = backend_filters {
-            if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
-                return Ok(response);
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
+        // An async block for the reason given in `handle`.
+        async move {
+            let rule = found.rule;
+            let backend = rule
+                .pick_backend(rand::random())
+                .ok_or(ProxyError::NoBackend)?;
+            let backend_filters = backend.filters.as_deref();
+            if let Some(filters) = backend_filters {
+                if let Some(response) = filters::apply_request(filters, &found, &mut request)? {
+                    return Ok(response);
+                }
+                if attempt == 0 {
+                    let identity = found.route_match.backend_identity;
+                    request = self.mirror(table, &filters.mirrors, conn, identity, request);
+                }
             }
-            if attempt == 0 {
-                let identity = found.route_match.backend_identity;
-                request = self.mirror(table, &filters.mirrors, conn, identity, request);
-            }
-        }
-        let cluster = match &backend.target {
-            Target::Cluster(index) => table.cluster(*index),
-            Target::Invalid(reason) => {
-                tracing::debug!(rule = %rule.object, %reason, "invalid backend share");
-                return Err(ProxyError::InvalidBackend);
-            }
-        };
-        let endpoint = cluster
-            .pick_endpoint(rand::random())
-            .ok_or(ProxyError::NoEndpoints)?;
-        let tls = cluster.tls_for(found.route_match.backend_identity);
-        let in_flight = endpoint.begin();
-        let upgrade = upgrade::requested(&request).map(|protocol| {
-            let client_side = hyper::upgrade::on(&mut request);
-            (protocol, client_side)
-        });
-        // An upgrade always travels over HTTP/1.1, whatever the cluster speaks.
-        let protocol = match upgrade {
-            Some(_) => UpstreamProtocol::Http1,
-            None => cluster.protocol,
-        };
-        let mut upstream_request = upstream_request(request, conn, protocol, tls.is_some())?;
-        if let Some((asked, _)) = &upgrade {
-            upgrade::restore(upstream_request.headers_mut(), asked);
-        }
-        let send = async {
-            if upgrade.is_some() {
-                return self
-                    .upstream
-                    .send_upgrade(endpoint.address, tls.map(|t| &**t), upstream_request)
+            let cluster = match &backend.target {
+                Target::Cluster(index) => table.cluster(*index),
+                Target::Invalid(reason) => {
+                    tracing::debug!(rule = %rule.object, %reason, "invalid backend share");
+                    return Err(ProxyError::InvalidBackend);
+                }
+            };
+            let endpoint = cluster
+                .pick_endpoint(rand::random())
+                .ok_or(ProxyError::NoEndpoints)?;
+            let tls = cluster.tls_for(found.route_match.backend_identity);
+            let in_flight = endpoint.begin();
+            let upgrade = upgrade::requested(&request).map(|protocol| {
+                let client_side = hyper::upgrade::on(&mut request);
+                (protocol, client_side)
+            });
+            // An upgrade always travels over HTTP/1.1, whatever the cluster speaks.
+            let protocol = match upgrade {
+                Some(_) => UpstreamProtocol::Http1,
+                None => cluster.protocol,
+            };
+            // Built in a block: a local borrowed while this future runs keeps a
+            // slot in it until its scope ends, even once moved out.
+            let upstream_request = {
+                let mut prepared = upstream_request(request, conn, protocol, tls.is_some())?;
+                if let Some((asked, _)) = &upgrade {
+                    upgrade::restore(prepared.headers_mut(), asked);
+                }
+                prepared
+            };
+            let address = endpoint.address;
+            let tls = tls.map(|t| &**t);
+            // The plain HTTP/1.1 exchange is awaited in place; upgrades and
+            // h2c, with their connection and handshake state, are boxed.
+            // Every request's future is moved whole (into hyper's
+            // dispatcher, and each level into the one above), so its size
+            // is paid in copies on every request.
+            let sent = if upgrade.is_some() || protocol == UpstreamProtocol::H2c {
+                let other =
+                    self.send_other(address, tls, protocol, upgrade.is_some(), upstream_request);
+                match rule.backend_timeout {
+                    None => Box::pin(other).await,
+                    Some(limit) => Box::pin(tokio::time::timeout(limit, other))
+                        .await
+                        .unwrap_or(Err(UpstreamError::TimedOut)),
+                }
+            } else {
+                match rule.backend_timeout {
+                    None => {
+                        self.upstream
+                            .send_http1(address, tls, upstream_request)
+                            .await
+                    }
+                    Some(limit) => tokio::time::timeout(
+                        limit,
+                        self.upstream.send_http1(address, tls, upstream_request),
+                    )
                     .await
-                    .map(|response| (response, None));
+                    .unwrap_or(Err(UpstreamError::TimedOut)),
+                }
+                .map(|(response, connection)| (response, Some(connection)))
+            };
+            let (response, connection) = sent.map_err(|error| {
+                tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
+                match error {
+                    UpstreamError::Connect(..) => ProxyError::Connect,
+                    UpstreamError::Request(_) => ProxyError::Upstream,
+                    UpstreamError::Unusable(..) => ProxyError::BackendTls,
+                    UpstreamError::TimedOut => ProxyError::Timeout,
+                }
+            })?;
+            let (mut response, connection) = (response, connection);
+            let switched = match upgrade {
+                Some((asked, client_side))
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    let upstream_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(upgrade::tunnel(client_side, upstream_side));
+                    Some(
+                        response
+                            .headers()
+                            .get(header::UPGRADE)
+                            .cloned()
+                            .unwrap_or(asked),
+                    )
+                }
+                _ => None,
+            };
+            let (mut parts, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = &switched {
+                upgrade::restore(&mut parts.headers, protocol);
             }
-            match protocol {
-                UpstreamProtocol::Http1 => self
-                    .upstream
-                    .send_http1(endpoint.address, tls.map(|t| &**t), upstream_request)
-                    .await
-                    .map(|(response, connection)| (response, Some(connection))),
-                UpstreamProtocol::H2c => self
-                    .upstream
-                    .send_h2c(endpoint.address, tls.map(|t| &**t), upstream_request)
-                    .await
-                    .map(|response| (response, None)),
+            if let Some(modifier) = backend_filters.and_then(|f| f.response_headers.as_ref()) {
+                modifier.apply(&mut parts.headers);
             }
-        };
-        let sent = match rule.backend_timeout {
-            None => send.await,
-            Some(limit) => match tokio::time::timeout(limit, send).await {
-                Ok(sent) => sent,
-                Err(_) => return Err(ProxyError::Timeout),
-            },
-        };
-        let (response, connection) = sent.map_err(|error| {
-            tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
-            match error {
-                super::upstream::UpstreamError::Connect(..) => ProxyError::Connect,
-                super::upstream::UpstreamError::Request(_) => ProxyError::Upstream,
-                super::upstream::UpstreamError::Unusable(..) => ProxyError::BackendTls,
-            }
-        })?;
-        let (mut response, connection) = (response, connection);
-        let switched = match upgrade {
-            Some((asked, client_side)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(upgrade::tunnel(client_side, upstream_side));
-                Some(
-                    response
-                        .headers()
-                        .get(header::UPGRADE)
-                        .cloned()
-                        .unwrap_or(asked),
-                )
-            }
-            _ => None,
-        };
-        let (mut parts, body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = &switched {
-            upgrade::restore(&mut parts.headers, protocol);
+            Ok(Response::from_parts(
+                parts,
+                ProxyBody::Upstream {
+                    body,
+                    _in_flight: in_flight,
+                    connection,
+                },
+            ))
         }
-        if let Some(modifier) = backend_filters.and_then(|f| f.response_headers.as_ref()) {
-            modifier.apply(&mut parts.headers);
+    }
+}
+
+impl Dataplane {
+    /// The exchanges `forward` keeps out of its own future: a protocol
+    /// switch, over a connection of its own, and h2c.
+    async fn send_other(
+        &self,
+        address: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        protocol: UpstreamProtocol,
+        upgrade: bool,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), UpstreamError> {
+        if upgrade {
+            self.upstream.send_upgrade(address, tls, request).await
+        } else {
+            debug_assert_eq!(protocol, UpstreamProtocol::H2c);
+            self.upstream.send_h2c(address, tls, request).await
         }
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::Upstream {
-                body,
-                _in_flight: in_flight,
-                connection,
-            },
-        ))
+        .map(|response| (response, None))
     }
 }
 

@@ -50,6 +50,9 @@ pub enum UpstreamError {
     /// connection is attempted (never clear text), and none would succeed.
     #[error("no TLS to {0}: {1}")]
     Unusable(SocketAddr, String),
+    /// `timeouts.backendRequest` expired before the response head.
+    #[error("no response within the backend request timeout")]
+    TimedOut,
 }
 
 /// Socket addresses are already well spread in their low bits (port, last
@@ -175,36 +178,47 @@ impl Upstream {
     /// Sends an HTTP/1.1 request (origin-form URI, Host set) to `address`.
     /// The response comes with the connection to give back when its body
     /// has been read.
-    pub async fn send_http1(
-        &self,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each argument twice in its future"
+    )]
+    pub fn send_http1<'a>(
+        &'a self,
         address: SocketAddr,
-        tls: Option<&UpstreamTls>,
+        tls: Option<&'a UpstreamTls>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
-        let pool = slot(&self.http1, PoolKey::new(address, tls));
-        loop {
-            let (mut sender, reused) = match checkout(&pool).await {
-                Some(sender) => (sender, true),
-                // Boxed: the connect and handshake state would otherwise
-                // widen every request's future, which is moved on each poll
-                // setup, for a path taken once per connection.
-                None => (Box::pin(connect_http1(address, tls)).await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Checkin { pool, sender })),
-                Err(mut error) => match error.take_message() {
-                    // The pooled connection closed before the request was
-                    // written (the upstream's keep-alive timeout, say):
-                    // nothing reached the upstream, so another connection
-                    // may carry it.
-                    Some(unsent) if reused => request = unsent,
-                    // A fresh connection that failed before the request
-                    // went out: a connection failure (retried as one).
-                    Some(_) => {
-                        return Err(UpstreamError::Connect(address, error_detail(error.error())));
-                    }
-                    None => return Err(UpstreamError::Request(error_detail(error.error()))),
-                },
+    ) -> impl Future<Output = Result<(Response<Incoming>, Checkin), UpstreamError>> + 'a {
+        // An async block, not an async fn: it keeps `request` once, where an
+        // async fn keeps each argument twice (see `Dataplane::handle`).
+        async move {
+            let pool = slot(&self.http1, PoolKey::new(address, tls));
+            loop {
+                let (mut sender, reused) = match checkout(&pool).await {
+                    Some(sender) => (sender, true),
+                    // Boxed: the connect and handshake state would otherwise
+                    // widen every request's future, which is moved whole on
+                    // each request, for a path taken once per connection.
+                    None => (Box::pin(connect_http1(address, tls)).await?, false),
+                };
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, Checkin { pool, sender })),
+                    Err(mut error) => match error.take_message() {
+                        // The pooled connection closed before the request was
+                        // written (the upstream's keep-alive timeout, say):
+                        // nothing reached the upstream, so another connection
+                        // may carry it.
+                        Some(unsent) if reused => request = unsent,
+                        // A fresh connection that failed before the request
+                        // went out: a connection failure (retried as one).
+                        Some(_) => {
+                            return Err(UpstreamError::Connect(
+                                address,
+                                error_detail(error.error()),
+                            ));
+                        }
+                        None => return Err(UpstreamError::Request(error_detail(error.error()))),
+                    },
+                }
             }
         }
     }

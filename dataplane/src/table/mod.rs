@@ -148,6 +148,18 @@ pub struct Found<'t> {
     pub chain: Option<&'t Chain>,
 }
 
+impl Found<'_> {
+    /// Nothing between the client and the backend but the proxying itself:
+    /// no filters, gatehouse.dev chain, request timeout or retries.
+    pub fn is_plain(&self) -> bool {
+        let rule = self.rule;
+        rule.filters.is_none()
+            && rule.request_timeout.is_none()
+            && rule.retry.is_none()
+            && self.chain.is_none()
+    }
+}
+
 impl Table {
     /// An empty table, served before the first snapshot.
     pub fn empty() -> Self {
