@@ -1,7 +1,5 @@
 //! The response body the proxy returns: the upstream's, streamed, with the
-//! endpoint's in-flight count held until it ends, or a small local one. An
-//! HTTP/1.1 upstream's connection goes back to its pool as soon as the body
-//! has been read to its end.
+//! endpoint's in-flight count held until it ends, or a small local one.
 
 use std::{
     pin::Pin,
@@ -13,18 +11,26 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::upstream::Checkin;
+use super::http1_client::Http1Body;
 use crate::table::InFlight;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub enum ProxyBody {
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         _in_flight: InFlight,
-        /// `Some` until released; `None` for h2c, whose connection is shared.
-        connection: Option<Checkin>,
     },
     Local(Full<Bytes>),
+}
+
+/// An upstream response's body: from a pooled HTTP/1.1 connection, which
+/// the body gives back at its end, or from hyper (h2c, upgrades).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Http1(Http1Body),
+    Hyper(Incoming),
 }
 
 impl ProxyBody {
@@ -35,31 +41,21 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Upstream {
-                body, connection, ..
-            } => {
-                let frame = Pin::new(&mut *body).poll_frame(cx);
-                let ended = match &frame {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Ready(Some(Err(_))) => {
-                        connection.take();
-                        false
-                    }
-                    Poll::Pending => false,
-                };
-                if ended && let Some(connection) = connection.take() {
-                    connection.release();
-                }
-                frame
-            }
+                body: UpstreamBody::Http1(body),
+                ..
+            } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Upstream {
+                body: UpstreamBody::Hyper(body),
+                ..
+            } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -68,32 +64,29 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Upstream {
+                body: UpstreamBody::Http1(body),
+                ..
+            } => body.is_end_stream(),
+            Self::Upstream {
+                body: UpstreamBody::Hyper(body),
+                ..
+            } => body.is_end_stream(),
             Self::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Upstream {
+                body: UpstreamBody::Http1(body),
+                ..
+            } => body.size_hint(),
+            Self::Upstream {
+                body: UpstreamBody::Hyper(body),
+                ..
+            } => body.size_hint(),
             Self::Local(full) => full.size_hint(),
-        }
-    }
-}
-
-impl Drop for ProxyBody {
-    /// A body that is complete without being polled (a 204, a HEAD
-    /// answer, `Content-Length: 0`) still frees its connection.
-    fn drop(&mut self) {
-        if let Self::Upstream {
-            body,
-            connection: connection @ Some(_),
-            ..
-        } = self
-            && body.is_end_stream()
-            && let Some(connection) = connection.take()
-        {
-            connection.release();
         }
     }
 }

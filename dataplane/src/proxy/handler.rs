@@ -17,11 +17,11 @@ use hyper::body::Incoming;
 
 use super::{
     Connection, Dataplane,
-    body::ProxyBody,
+    body::{ProxyBody, UpstreamBody},
     filters, headers,
     request_body::{ClientBody, RequestBody},
     upgrade,
-    upstream::{Checkin, UpstreamError},
+    upstream::UpstreamError,
 };
 use crate::filters::{Chain, Local, Passed, RequestFacts};
 use crate::table::{
@@ -418,9 +418,9 @@ impl Dataplane {
                     .await
                     .unwrap_or(Err(UpstreamError::TimedOut)),
                 }
-                .map(|(response, connection)| (response, Some(connection)))
+                .map(|response| response.map(UpstreamBody::Http1))
             };
-            let (response, connection) = sent.map_err(|error| {
+            let mut response = sent.map_err(|error| {
                 tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
                 match error {
                     UpstreamError::Connect(..) => ProxyError::Connect,
@@ -429,7 +429,6 @@ impl Dataplane {
                     UpstreamError::TimedOut => ProxyError::Timeout,
                 }
             })?;
-            let (mut response, connection) = (response, connection);
             let switched = match upgrade {
                 Some((asked, client_side))
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
@@ -459,7 +458,6 @@ impl Dataplane {
                 ProxyBody::Upstream {
                     body,
                     _in_flight: in_flight,
-                    connection,
                 },
             ))
         }
@@ -476,14 +474,14 @@ impl Dataplane {
         protocol: UpstreamProtocol,
         upgrade: bool,
         request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if upgrade {
             self.upstream.send_upgrade(address, tls, request).await
         } else {
             debug_assert_eq!(protocol, UpstreamProtocol::H2c);
             self.upstream.send_h2c(address, tls, request).await
         }
-        .map(|response| (response, None))
+        .map(|response| response.map(UpstreamBody::Hyper))
     }
 }
 
@@ -590,25 +588,22 @@ async fn send_mirror(
         in_flight,
     } = target;
     let exchange = async {
-        let (response, connection) = match protocol {
+        let response = match protocol {
             UpstreamProtocol::Http1 => dataplane
                 .upstream
                 .send_http1(address, tls.as_deref(), request)
-                .await
-                .map(|(response, connection)| (response, Some(connection)))?,
-            UpstreamProtocol::H2c => (
-                dataplane
-                    .upstream
-                    .send_h2c(address, tls.as_deref(), request)
-                    .await?,
-                None,
-            ),
+                .await?
+                .map(UpstreamBody::Http1),
+            UpstreamProtocol::H2c => dataplane
+                .upstream
+                .send_h2c(address, tls.as_deref(), request)
+                .await?
+                .map(UpstreamBody::Hyper),
         };
         let status = response.status();
         let body = ProxyBody::Upstream {
             body: response.into_body(),
             _in_flight: in_flight,
-            connection,
         };
         // Read to the end so that the connection goes back to its pool.
         let _ = body.collect().await;

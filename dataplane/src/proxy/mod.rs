@@ -5,6 +5,7 @@ mod body;
 mod filters;
 mod handler;
 mod headers;
+mod http1_client;
 mod listeners;
 pub mod proxy_protocol;
 mod request_body;

@@ -1,10 +1,11 @@
 //! Pooled upstream connections, per endpoint address.
 //!
 //! HTTP/1.1: a bounded lock-free queue of idle keep-alive connections per
-//! endpoint. A request takes one (or connects), and the response body hands
-//! it back once the upstream's response has been read to its end (see
-//! [`Checkin`]); a connection whose response was not read to its end is
-//! dropped, as its byte stream is no longer at a message boundary.
+//! endpoint. A request takes one (or connects) and drives the exchange
+//! itself (see `http1_client`); the response body hands the connection back
+//! once the response has been read to its end. A connection whose response
+//! was not read to its end is dropped, as its byte stream is no longer at a
+//! message boundary.
 //!
 //! h2c: one multiplexed HTTP/2 connection per endpoint, so the request can
 //! carry the client's `:authority` while the socket goes to the endpoint
@@ -13,7 +14,6 @@
 //! The per-endpoint state is keyed by address and outlives table swaps; an
 //! apply drops the state of addresses no table endpoint has any more.
 
-use futures::FutureExt;
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
@@ -29,7 +29,10 @@ use hyper::{
     client::conn::{http1, http2},
 };
 
-use super::request_body::RequestBody;
+use super::{
+    http1_client::{self, ExchangeError, Http1Body},
+    request_body::RequestBody,
+};
 use crate::table::UpstreamTls;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -119,11 +122,12 @@ pub struct Upstream {
     h2: ArcSwap<AddrMap<H2Slot>>,
 }
 
-/// A connection to an endpoint, in clear text or over TLS.
-type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// A connection to an endpoint, in clear text or over TLS (boxed: the TLS
+/// state is over a kilobyte, and a pooled connection travels by value).
+pub(super) type UpstreamIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 pub struct Http1Pool {
-    idle: ArrayQueue<http1::SendRequest<RequestBody>>,
+    idle: ArrayQueue<http1_client::Connection>,
 }
 
 impl Default for Http1Pool {
@@ -134,25 +138,21 @@ impl Default for Http1Pool {
     }
 }
 
-/// An HTTP/1.1 connection lent to one request, to be given back to its pool
-/// once the response has been read to its end.
-pub struct Checkin {
-    pool: Arc<Http1Pool>,
-    sender: http1::SendRequest<RequestBody>,
-}
-
-impl Checkin {
-    /// Returns the connection to its pool; a full pool closes it instead.
-    pub fn release(self) {
-        if !self.sender.is_closed() {
-            let _ = self.pool.idle.push(self.sender);
-        }
+impl Http1Pool {
+    /// Keeps a connection whose exchange has ended for the next request;
+    /// a full pool closes it instead.
+    pub fn checkin(&self, connection: http1_client::Connection) {
+        let _ = self.idle.push(connection);
     }
-}
 
-impl std::fmt::Debug for Checkin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Checkin")
+    /// An idle connection the upstream has not closed.
+    pub(super) fn checkout(&self) -> Option<http1_client::Connection> {
+        while let Some(mut connection) = self.idle.pop() {
+            if connection.is_usable() {
+                return Some(connection);
+            }
+        }
+        None
     }
 }
 
@@ -175,9 +175,9 @@ impl H2Slot {
 }
 
 impl Upstream {
-    /// Sends an HTTP/1.1 request (origin-form URI, Host set) to `address`.
-    /// The response comes with the connection to give back when its body
-    /// has been read.
+    /// Sends an HTTP/1.1 request (origin-form URI, Host set) to `address`
+    /// over a pooled connection or a new one. The response body gives the
+    /// connection back once it has been read to its end.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps each argument twice in its future"
@@ -187,37 +187,34 @@ impl Upstream {
         address: SocketAddr,
         tls: Option<&'a UpstreamTls>,
         mut request: Request<RequestBody>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Checkin), UpstreamError>> + 'a {
+    ) -> impl Future<Output = Result<Response<Http1Body>, UpstreamError>> + 'a {
         // An async block, not an async fn: it keeps `request` once, where an
         // async fn keeps each argument twice (see `Dataplane::handle`).
         async move {
             let pool = slot(&self.http1, PoolKey::new(address, tls));
             loop {
-                let (mut sender, reused) = match checkout(&pool).await {
-                    Some(sender) => (sender, true),
+                let (connection, reused) = match pool.checkout() {
+                    Some(connection) => (connection, true),
                     // Boxed: the connect and handshake state would otherwise
                     // widen every request's future, which is moved whole on
                     // each request, for a path taken once per connection.
                     None => (Box::pin(connect_http1(address, tls)).await?, false),
                 };
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok((response, Checkin { pool, sender })),
-                    Err(mut error) => match error.take_message() {
-                        // The pooled connection closed before the request was
-                        // written (the upstream's keep-alive timeout, say):
-                        // nothing reached the upstream, so another connection
-                        // may carry it.
-                        Some(unsent) if reused => request = unsent,
-                        // A fresh connection that failed before the request
-                        // went out: a connection failure (retried as one).
-                        Some(_) => {
-                            return Err(UpstreamError::Connect(
-                                address,
-                                error_detail(error.error()),
-                            ));
-                        }
-                        None => return Err(UpstreamError::Request(error_detail(error.error()))),
-                    },
+                match connection.exchange(request, pool.clone()).await {
+                    Ok(response) => return Ok(response),
+                    // The pooled connection was closed by the upstream (its
+                    // keep-alive timeout, say) as the request went out:
+                    // nothing reached the upstream, so another connection
+                    // may carry it.
+                    Err(ExchangeError::Unsent(unsent, _)) if reused => request = *unsent,
+                    // A fresh connection that failed before the request
+                    // went out: a connection failure (retried as one).
+                    Err(ExchangeError::Unsent(_, error)) => {
+                        return Err(UpstreamError::Connect(address, error.to_string()));
+                    }
+                    Err(ExchangeError::Failed(error)) => {
+                        return Err(UpstreamError::Request(error.to_string()));
+                    }
                 }
             }
         }
@@ -324,47 +321,13 @@ async fn h2_connect(
 /// Longest a TCP connect to an endpoint may take (then 502).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Longest wait for a pooled connection to become ready for the next
-/// request before it is given up.
-const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// An idle connection ready for a request, skipping closed ones.
-async fn checkout(pool: &Http1Pool) -> Option<http1::SendRequest<RequestBody>> {
-    while let Some(mut sender) = pool.idle.pop() {
-        if sender.is_closed() {
-            continue;
-        }
-        // Usually ready at once; right after a response ended, the
-        // connection task may not have marked it idle yet. A connection can
-        // also come back while hyper still streams the previous client's
-        // request body (the upstream answered early): never queue behind
-        // that, give up on the connection after a short wait.
-        match sender.ready().now_or_never() {
-            Some(Ok(())) => return Some(sender),
-            Some(Err(_)) => continue,
-            None => {}
-        }
-        if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-            return Some(sender);
-        }
-    }
-    None
-}
-
 async fn connect_http1(
     address: SocketAddr,
     tls: Option<&UpstreamTls>,
-) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-    let stream = connect_io(address, tls).await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| UpstreamError::Connect(address, e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%address, %error, "upstream connection ended");
-        }
-    });
-    Ok(sender)
+) -> Result<http1_client::Connection, UpstreamError> {
+    Ok(http1_client::Connection::new(
+        connect_io(address, tls).await?,
+    ))
 }
 
 /// A TCP connection, with a TLS handshake on top when the cluster asks.
@@ -383,7 +346,7 @@ async fn connect_io(
         }) => tokio_rustls::TlsConnector::from(config.clone())
             .connect(server_name.clone(), stream)
             .await
-            .map(Either::Right)
+            .map(|stream| Either::Right(Box::new(stream)))
             .map_err(|e| UpstreamError::Connect(address, format!("TLS: {e}"))),
     }
 }
@@ -537,5 +500,120 @@ mod tests {
             .expect("shutdown waited for a connection that never sent a request");
         let mut byte = [0u8; 1];
         assert_eq!(silent.read(&mut byte).await.unwrap(), 0);
+    }
+
+    /// Reads from `stream` until `buffer` holds `end`; returns where it ends.
+    async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, end: &[u8]) -> usize {
+        loop {
+            if let Some(at) = buffer.windows(end.len()).position(|w| w == end) {
+                return at + end.len();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(end));
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_of_unknown_length_is_streamed_chunked() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let (first_chunk_seen, mut first_chunk) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+            let head_text = String::from_utf8_lossy(&seen[..head]).to_lowercase();
+            assert!(
+                head_text.contains("transfer-encoding: chunked"),
+                "{head_text}"
+            );
+            read_until(&mut stream, &mut seen, b"hello\r\n").await;
+            // The first chunk arrived before the client sent the rest.
+            first_chunk_seen.send(()).await.unwrap();
+            let end = read_until(&mut stream, &mut seen, b"0\r\n\r\n").await;
+            let body = String::from_utf8_lossy(&seen[head..end]).into_owned();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        let mut client = TcpStream::connect(proxy).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        first_chunk
+            .recv()
+            .await
+            .expect("the upstream saw the first chunk");
+        client.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let head = read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+        let expected = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        while answer.len() < head + expected.len() {
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(String::from_utf8_lossy(&answer[head..]), expected);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_body_ends_reaches_the_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+                    // Refuses the upload at its head, as a size check would.
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig",
+                        )
+                        .await;
+                    // Holds the connection open without reading further.
+                    let _ = stream.read(&mut [0u8; 1]).await;
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        let mut client = TcpStream::connect(proxy).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 1000000\r\n\r\nfirst bytes")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let head = read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+            assert!(
+                answer.starts_with(b"HTTP/1.1 413 "),
+                "{:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            read_until(&mut client, &mut answer, b"big").await;
+            head
+        })
+        .await
+        .expect("the early answer did not reach the client");
+        // The connection stopped mid-request: the next request gets another.
+        let mut next = TcpStream::connect(proxy).await.unwrap();
+        next.write_all(b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        read_until(&mut next, &mut answer, b"big").await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 }

@@ -1,0 +1,247 @@
+//! The upstream side of HTTP/1.1 (RFC 9112), driven by the request's own
+//! task.
+//!
+//! A client connection of hyper runs as a task of its own: each request
+//! travels to it through a channel and its response comes back through
+//! another, which costs two task switches and a move of each message per
+//! exchange. A proxy holds a pooled connection for exactly one exchange at a
+//! time, so here the request's future writes the request and reads the
+//! response head, and the response body reads the rest and gives the
+//! connection back to its pool once the message has ended.
+//!
+//! Upgrades and h2c still go through hyper (see `upstream`).
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::poll_read_buf;
+
+use super::{
+    request_body::{BodyError, RequestBody},
+    upstream::{Http1Pool, UpstreamIo},
+};
+
+mod body;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use body::BodyFraming;
+pub use body::Http1Body;
+use request::{BodyWriter, encode_head};
+use response::{Parsed, ResponseHead, parse_head, response_framing, skip_interim};
+
+/// Most header fields a response head may have (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Longest response head, or trailer section, accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read buffer reserved before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One HTTP/1.1 connection to an endpoint, between exchanges.
+pub struct Connection {
+    io: UpstreamIo,
+    read: BytesMut,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Nothing was written: the request, whole, may go over another
+    /// connection.
+    Unsent(Box<Request<RequestBody>>, io::Error),
+    /// The request was (perhaps partly) sent; no usable response came.
+    Failed(io::Error),
+}
+
+impl Connection {
+    pub fn new(io: UpstreamIo) -> Self {
+        Self {
+            io,
+            read: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the upstream has not
+    /// closed it, and sent nothing unasked (which would be out of step).
+    /// Costs no system call while the socket has nothing to read.
+    pub fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        matches!(
+            poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read),
+            Poll::Pending
+        )
+    }
+
+    /// Sends `request` (origin-form URI, Host set) and reads the response
+    /// head; the body reads the rest and then gives the connection to
+    /// `pool`.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each argument twice in its future"
+    )]
+    pub fn exchange(
+        mut self,
+        request: Request<RequestBody>,
+        pool: Arc<Http1Pool>,
+    ) -> impl Future<Output = Result<Response<Http1Body>, ExchangeError>> {
+        // An async block, not an async fn (see `Dataplane::handle`).
+        async move {
+            let head_only = request.method() == Method::HEAD;
+            // The head is kept only until the first write has gone out: in
+            // a block, so that its slot in this future ends there.
+            let (mut out, mut writer, mut body) = {
+                let (parts, mut body) = request.into_parts();
+                let (mut out, framing) =
+                    encode_head(&parts, &body).map_err(ExchangeError::Failed)?;
+                let mut writer = BodyWriter::new(framing);
+                // A body whose first frame is already here goes out with the
+                // head, in one write.
+                if !writer.done
+                    && let Some(frame) = body.frame().now_or_never()
+                {
+                    writer
+                        .encode(frame, &mut out)
+                        .map_err(ExchangeError::Failed)?;
+                }
+                if let Err(error) = self.write(&out).await {
+                    // The first write failed: nothing reached the upstream,
+                    // and unless the body's first frame went into it, the
+                    // request can go whole over another connection.
+                    return Err(match writer.started {
+                        false => {
+                            ExchangeError::Unsent(Box::new(Request::from_parts(parts, body)), error)
+                        }
+                        true => ExchangeError::Failed(error),
+                    });
+                }
+                (out, writer, body)
+            };
+            while !writer.done {
+                // The upstream may answer before the body is all sent (a
+                // 413, say): watch for that while waiting for the client's
+                // next frame. Interim answers (100 Continue) are passed over.
+                self.read.reserve(READ_CHUNK);
+                let event = tokio::select! {
+                    biased;
+                    read = poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)) => Event::Read(read),
+                    frame = body.frame() => Event::Frame(frame),
+                };
+                match event {
+                    Event::Read(Ok(0)) => break,
+                    Event::Read(Ok(_)) => {
+                        if skip_interim(&mut self.read).map_err(ExchangeError::Failed)? {
+                            break;
+                        }
+                    }
+                    Event::Read(Err(error)) => return Err(ExchangeError::Failed(error)),
+                    Event::Frame(frame) => {
+                        out.clear();
+                        writer
+                            .encode(frame, &mut out)
+                            .map_err(ExchangeError::Failed)?;
+                        self.write(&out).await.map_err(ExchangeError::Failed)?;
+                    }
+                }
+            }
+            drop(body);
+            drop(out);
+            // An answer that came before the request was all sent leaves the
+            // connection mid-message: it closes after this response.
+            self.read_response(head_only, writer.done, pool)
+                .await
+                .map_err(ExchangeError::Failed)
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    async fn read_response(
+        mut self,
+        head_only: bool,
+        reusable: bool,
+        pool: Arc<Http1Pool>,
+    ) -> io::Result<Response<Http1Body>> {
+        loop {
+            match parse_head(&mut self.read)? {
+                Some(Parsed::Interim) => continue,
+                Some(Parsed::Final(head)) => {
+                    return self.into_response(head, head_only, reusable, pool);
+                }
+                None => {}
+            }
+            self.read.reserve(READ_CHUNK);
+            let n = poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+        }
+    }
+
+    fn into_response(
+        self,
+        head: ResponseHead,
+        head_only: bool,
+        reusable: bool,
+        pool: Arc<Http1Pool>,
+    ) -> io::Result<Response<Http1Body>> {
+        let ResponseHead {
+            status,
+            mut headers,
+            keep_alive,
+        } = head;
+        let framing = if head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            BodyFraming::Length(0)
+        } else {
+            response_framing(&mut headers)?
+        };
+        let reusable = reusable && keep_alive && !matches!(framing, BodyFraming::Close);
+        let mut body = Http1Body {
+            connection: Some(self),
+            framing,
+            reusable,
+            pool,
+        };
+        body.finish_if_done();
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Frame(Option<Result<Frame<Bytes>, BodyError>>),
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+fn invalid_owned(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}

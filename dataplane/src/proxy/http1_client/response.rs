@@ -1,0 +1,135 @@
+//! The response head: interim answers, the final head, and how its body is
+//! framed (RFC 9112 §6.3).
+
+use std::{io, mem::MaybeUninit};
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use super::{
+    MAX_HEAD, MAX_HEADERS,
+    body::{BodyFraming, ChunkState},
+    invalid, invalid_owned,
+    request::declared_length,
+};
+
+pub(super) struct ResponseHead {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    /// The upstream keeps the connection open after this response.
+    pub(super) keep_alive: bool,
+}
+
+pub(super) enum Parsed {
+    /// A 1xx answer other than 101, consumed.
+    Interim,
+    Final(ResponseHead),
+}
+
+/// Consumes the interim answers at the front of `read`; `true` when a final
+/// response head has begun to arrive (it stays in `read`).
+pub(super) fn skip_interim(read: &mut BytesMut) -> io::Result<bool> {
+    loop {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => match response.code {
+                Some(code @ 100..=199) if code != 101 => read.advance(len),
+                _ => return Ok(true),
+            },
+            // A partial head: an interim one, or the final one beginning.
+            Ok(httparse::Status::Partial) => return Ok(partial_is_final(read)),
+            Err(error) => return Err(invalid_owned(format!("bad response head: {error}"))),
+        }
+    }
+}
+
+/// Whether a partial head is a final response's: its status code does not
+/// begin with 1 ("HTTP/1.1 1xx"). Not known yet, it is not.
+fn partial_is_final(read: &[u8]) -> bool {
+    read.get(9).is_some_and(|digit| *digit != b'1')
+}
+
+/// Parses one response head at the front of `read`, consuming it.
+pub(super) fn parse_head(read: &mut BytesMut) -> io::Result<Option<Parsed>> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        read,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Partial) if read.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => return Err(invalid("response head too large")),
+        Err(error) => return Err(invalid_owned(format!("bad response head: {error}"))),
+    };
+    let code = response.code.unwrap_or(0);
+    if (100..=199).contains(&code) {
+        if code == 101 {
+            return Err(invalid("101 Switching Protocols without an upgrade"));
+        }
+        read.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
+    let http10 = response.version == Some(0);
+    // Offsets into the head, so that the values can share its buffer.
+    let base = read.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| invalid("bad header name"))?;
+        let start = field.value.as_ptr() as usize - base;
+        spans.push((name, start, start + field.value.len()));
+    }
+    let head = read.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid("bad header value"))?;
+        if name == header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    Ok(Some(Parsed::Final(ResponseHead {
+        status,
+        headers,
+        keep_alive: !close && (!http10 || keep_alive_token),
+    })))
+}
+
+/// RFC 9112 §6.3 for a response that has content. Content-Length values
+/// that disagree or do not parse make the response unusable (§6.3.5).
+pub(super) fn response_framing(headers: &mut HeaderMap) -> io::Result<BodyFraming> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length, which must not be
+        // forwarded beside it (§6.3.3).
+        headers.remove(header::CONTENT_LENGTH);
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(match chunked_last {
+            true => BodyFraming::Chunked(ChunkState::Size),
+            false => BodyFraming::Close,
+        });
+    }
+    Ok(match declared_length(headers)? {
+        Some(length) => BodyFraming::Length(length),
+        None => BodyFraming::Close,
+    })
+}
