@@ -616,4 +616,49 @@ mod tests {
         read_until(&mut next, &mut answer, b"big").await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
+
+    #[tokio::test]
+    async fn a_client_expecting_100_continue_gets_it_and_its_body_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+            // An upstream that honours the expectation answers 100 too.
+            stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            let end = read_until(&mut stream, &mut seen, b"hello").await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+                end - head,
+                String::from_utf8_lossy(&seen[head..end])
+            );
+            stream.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        let mut client = TcpStream::connect(proxy).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+            assert!(
+                answer.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            client.write_all(b"hello").await.unwrap();
+            read_until(&mut client, &mut answer, b"hello").await;
+        })
+        .await
+        .expect("the body did not get through");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
+    }
 }
