@@ -30,7 +30,7 @@ use hyper::{
 };
 
 use super::{
-    http1_client::{self, ExchangeError, Http1Body},
+    http1_client::{self, ExchangeError, Http1Body, Outgoing},
     request_body::RequestBody,
 };
 use crate::table::UpstreamTls;
@@ -178,19 +178,20 @@ impl Upstream {
     /// Sends an HTTP/1.1 request (origin-form URI, Host set) to `address`
     /// over a pooled connection or a new one. The response body gives the
     /// connection back once it has been read to its end.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps each argument twice in its future"
-    )]
     pub fn send_http1<'a>(
         &'a self,
         address: SocketAddr,
         tls: Option<&'a UpstreamTls>,
-        mut request: Request<RequestBody>,
+        request: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<Http1Body>, UpstreamError>> + 'a {
-        // An async block, not an async fn: it keeps `request` once, where an
-        // async fn keeps each argument twice (see `Dataplane::handle`).
+        // Encoded now, so that the futures below carry its bytes rather
+        // than the request.
+        let outgoing = Outgoing::new(request);
+        // An async block, not an async fn: an async fn keeps each argument
+        // twice (see `Dataplane::handle`).
         async move {
+            let mut outgoing =
+                outgoing.map_err(|error| UpstreamError::Request(error.to_string()))?;
             let pool = slot(&self.http1, PoolKey::new(address, tls));
             loop {
                 let (connection, reused) = match pool.checkout() {
@@ -200,13 +201,13 @@ impl Upstream {
                     // each request, for a path taken once per connection.
                     None => (Box::pin(connect_http1(address, tls)).await?, false),
                 };
-                match connection.exchange(request, pool.clone()).await {
+                match connection.exchange(outgoing, pool.clone()).await {
                     Ok(response) => return Ok(response),
                     // The pooled connection was closed by the upstream (its
                     // keep-alive timeout, say) as the request went out:
                     // nothing reached the upstream, so another connection
                     // may carry it.
-                    Err(ExchangeError::Unsent(unsent, _)) if reused => request = *unsent,
+                    Err(ExchangeError::Unsent(unsent, _)) if reused => outgoing = *unsent,
                     // A fresh connection that failed before the request
                     // went out: a connection failure (retried as one).
                     Err(ExchangeError::Unsent(_, error)) => {

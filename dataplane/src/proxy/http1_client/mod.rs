@@ -63,9 +63,42 @@ pub struct Connection {
 pub enum ExchangeError {
     /// Nothing was written: the request, whole, may go over another
     /// connection.
-    Unsent(Box<Request<RequestBody>>, io::Error),
+    Unsent(Box<Outgoing>, io::Error),
     /// The request was (perhaps partly) sent; no usable response came.
     Failed(io::Error),
+}
+
+/// A request ready for a connection: its head encoded (with the body's
+/// first frame, when that was already there, for one write), and the rest
+/// of its body. Encoded before any connection is awaited, so that the
+/// futures an exchange runs in carry these bytes rather than the request.
+#[derive(Debug)]
+pub struct Outgoing {
+    out: Vec<u8>,
+    body: RequestBody,
+    writer: BodyWriter,
+    head_only: bool,
+}
+
+impl Outgoing {
+    /// Encodes `request` (origin-form URI, Host set).
+    pub fn new(request: Request<RequestBody>) -> io::Result<Self> {
+        let head_only = request.method() == Method::HEAD;
+        let (parts, mut body) = request.into_parts();
+        let (mut out, framing) = encode_head(&parts, &body)?;
+        let mut writer = BodyWriter::new(framing);
+        if !writer.done
+            && let Some(frame) = body.frame().now_or_never()
+        {
+            writer.encode(frame, &mut out)?;
+        }
+        Ok(Self {
+            out,
+            body,
+            writer,
+            head_only,
+        })
+    }
 }
 
 impl Connection {
@@ -87,50 +120,28 @@ impl Connection {
         )
     }
 
-    /// Sends `request` (origin-form URI, Host set) and reads the response
-    /// head; the body reads the rest and then gives the connection to
-    /// `pool`.
+    /// Sends `outgoing` and reads the response head; the body reads the
+    /// rest and then gives the connection to `pool`.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps each argument twice in its future"
     )]
     pub fn exchange(
         mut self,
-        request: Request<RequestBody>,
+        mut outgoing: Outgoing,
         pool: Arc<Http1Pool>,
     ) -> impl Future<Output = Result<Response<Http1Body>, ExchangeError>> {
-        // An async block, not an async fn (see `Dataplane::handle`).
+        // An async block, not an async fn (see `Dataplane::handle`); it uses
+        // `outgoing`'s fields in place for the same reason.
         async move {
-            let head_only = request.method() == Method::HEAD;
-            // The head is kept only until the first write has gone out: in
-            // a block, so that its slot in this future ends there.
-            let (mut out, mut writer, mut body) = {
-                let (parts, mut body) = request.into_parts();
-                let (mut out, framing) =
-                    encode_head(&parts, &body).map_err(ExchangeError::Failed)?;
-                let mut writer = BodyWriter::new(framing);
-                // A body whose first frame is already here goes out with the
-                // head, in one write.
-                if !writer.done
-                    && let Some(frame) = body.frame().now_or_never()
-                {
-                    writer
-                        .encode(frame, &mut out)
-                        .map_err(ExchangeError::Failed)?;
-                }
-                if let Err(error) = self.write(&out).await {
-                    // The first write failed: nothing reached the upstream,
-                    // and unless the body's first frame went into it, the
-                    // request can go whole over another connection.
-                    return Err(match writer.started {
-                        false => {
-                            ExchangeError::Unsent(Box::new(Request::from_parts(parts, body)), error)
-                        }
-                        true => ExchangeError::Failed(error),
-                    });
-                }
-                (out, writer, body)
-            };
+            match self.write_first(&outgoing.out).await {
+                Ok(()) => {}
+                // Nothing reached the upstream: the request can go whole
+                // over another connection.
+                Err((0, error)) => return Err(ExchangeError::Unsent(Box::new(outgoing), error)),
+                Err((_, error)) => return Err(ExchangeError::Failed(error)),
+            }
+            let (out, writer, body) = (&mut outgoing.out, &mut outgoing.writer, &mut outgoing.body);
             while !writer.done {
                 // The upstream may answer before the body is all sent (a
                 // 413, say): watch for that while waiting for the client's
@@ -151,18 +162,17 @@ impl Connection {
                     Event::Read(Err(error)) => return Err(ExchangeError::Failed(error)),
                     Event::Frame(frame) => {
                         out.clear();
-                        writer
-                            .encode(frame, &mut out)
-                            .map_err(ExchangeError::Failed)?;
-                        self.write(&out).await.map_err(ExchangeError::Failed)?;
+                        writer.encode(frame, out).map_err(ExchangeError::Failed)?;
+                        self.write(out).await.map_err(ExchangeError::Failed)?;
                     }
                 }
             }
-            drop(body);
-            drop(out);
+            let complete = writer.done;
+            // The client's body is let go of before the answer is awaited.
+            outgoing.body = RequestBody::Empty;
             // An answer that came before the request was all sent leaves the
             // connection mid-message: it closes after this response.
-            self.read_response(head_only, writer.done, pool)
+            self.read_response(outgoing.head_only, complete, pool)
                 .await
                 .map_err(ExchangeError::Failed)
         }
@@ -171,6 +181,19 @@ impl Connection {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await
+    }
+
+    /// Writes a request's first bytes; on failure, says how many went out.
+    async fn write_first(&mut self, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.io.write(&bytes[written..]).await {
+                Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(error) => return Err((written, error)),
+            }
+        }
+        self.io.flush().await.map_err(|error| (written, error))
     }
 
     async fn read_response(

@@ -100,6 +100,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 }
 
 /// Frames the request body as it is written.
+#[derive(Debug)]
 pub(super) struct BodyWriter {
     pub(super) framing: RequestFraming,
     /// Bytes still owed under Content-Length.

@@ -13,7 +13,7 @@ use tokio::{
 };
 use tokio_util::either::Either;
 
-use super::{Connection, ExchangeError, Http1Body};
+use super::{Connection, ExchangeError, Http1Body, Outgoing};
 use crate::proxy::{
     request_body::{Buffered, RequestBody},
     upstream::Http1Pool,
@@ -104,7 +104,7 @@ async fn exchange(
 ) -> Result<http::Response<Http1Body>, ExchangeError> {
     tokio::time::timeout(
         Duration::from_secs(10),
-        connection.exchange(request, pool.clone()),
+        connection.exchange(Outgoing::new(request).unwrap(), pool.clone()),
     )
     .await
     .expect("exchange timed out")
@@ -413,4 +413,67 @@ async fn broken_responses_are_errors_not_responses() {
         let got = failure(reply).await;
         assert!(got.starts_with(expected), "{name}: {got}");
     }
+}
+
+#[tokio::test]
+async fn a_request_whose_first_write_fails_comes_back_whole_for_another_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reset_tx, mut reset) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The first connection is reset at once, as an upstream that timed
+        // it out would; the second answers with what it received.
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        reset_tx.send(()).unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = Vec::new();
+        let end = read_until_head(&mut stream, &mut buffer).await.unwrap();
+        while buffer.len() < end + 11 {
+            let mut chunk = [0u8; 64];
+            let n = stream.read(&mut chunk).await.unwrap();
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            buffer.len()
+        );
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        stream.write_all(&buffer).await.unwrap();
+    });
+    let doomed = connect(address).await;
+    reset.recv().await.unwrap();
+    let pool = Arc::new(Http1Pool::default());
+    let request = Request::post("/upload")
+        .header("host", "example.com")
+        .body(RequestBody::Buffered(Buffered::new(
+            Bytes::from_static(b"hello world"),
+            None,
+        )))
+        .unwrap();
+    let outgoing = Outgoing::new(request).unwrap();
+    let unsent = match doomed.exchange(outgoing, pool.clone()).await {
+        Err(ExchangeError::Unsent(unsent, _)) => unsent,
+        other => panic!("expected the request back, got {other:?}"),
+    };
+    let response = exchange_outgoing(connect(address).await, *unsent, &pool).await;
+    let (echoed, _) = read_all(response.into_body()).await.unwrap();
+    let echoed = String::from_utf8(echoed.to_vec()).unwrap();
+    assert!(echoed.starts_with("POST /upload HTTP/1.1\r\n"), "{echoed}");
+    assert!(echoed.ends_with("\r\n\r\nhello world"), "{echoed}");
+}
+
+async fn exchange_outgoing(
+    connection: Connection,
+    outgoing: Outgoing,
+    pool: &Arc<Http1Pool>,
+) -> http::Response<Http1Body> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        connection.exchange(outgoing, pool.clone()),
+    )
+    .await
+    .expect("exchange timed out")
+    .unwrap()
 }
