@@ -233,15 +233,16 @@ impl Connection {
             mut headers,
             keep_alive,
         } = head;
-        let framing = if head_only
+        let (framing, unambiguous) = if head_only
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            BodyFraming::Length(0)
+            (BodyFraming::Length(0), true)
         } else {
             response_framing(&mut headers)?
         };
-        let reusable = reusable && keep_alive && !matches!(framing, BodyFraming::Close);
+        let reusable =
+            reusable && keep_alive && unambiguous && !matches!(framing, BodyFraming::Close);
         let mut body = Http1Body {
             connection: Some(self),
             framing,

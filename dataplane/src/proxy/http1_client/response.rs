@@ -110,26 +110,30 @@ pub(super) fn parse_head(read: &mut BytesMut) -> io::Result<Option<Parsed>> {
     })))
 }
 
-/// RFC 9112 §6.3 for a response that has content. Content-Length values
-/// that disagree or do not parse make the response unusable (§6.3.5).
-pub(super) fn response_framing(headers: &mut HeaderMap) -> io::Result<BodyFraming> {
+/// RFC 9112 §6.3 for a response that has content, and whether its framing
+/// was unambiguous. Content-Length values that disagree or do not parse
+/// make the response unusable (§6.3.5).
+pub(super) fn response_framing(headers: &mut HeaderMap) -> io::Result<(BodyFraming, bool)> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Transfer-Encoding overrides Content-Length, which must not be
-        // forwarded beside it (§6.3.3).
-        headers.remove(header::CONTENT_LENGTH);
+        // forwarded beside it; a message with both may be an attempt at
+        // response splitting (§6.3.3), so its connection is not used again.
+        let unambiguous = headers.remove(header::CONTENT_LENGTH).is_none();
         let chunked_last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .next_back()
             .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
             .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(match chunked_last {
+        let framing = match chunked_last {
             true => BodyFraming::Chunked(ChunkState::Size),
             false => BodyFraming::Close,
-        });
+        };
+        return Ok((framing, unambiguous));
     }
-    Ok(match declared_length(headers)? {
+    let framing = match declared_length(headers)? {
         Some(length) => BodyFraming::Length(length),
         None => BodyFraming::Close,
-    })
+    };
+    Ok((framing, true))
 }

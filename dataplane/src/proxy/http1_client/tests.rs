@@ -146,15 +146,13 @@ async fn a_content_length_response_is_read_and_its_connection_pooled() {
 
 #[tokio::test]
 async fn a_chunked_response_arriving_byte_by_byte_keeps_its_data_and_trailers() {
-    let reply: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5;ext=\"x\"\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n";
+    let reply: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=\"x\"\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n";
     let pieces: Vec<&'static [u8]> = reply.chunks(1).collect();
     let (address, _seen) = upstream(vec![(0, pieces, false)]).await;
     let pool = Arc::new(Http1Pool::default());
     let response = exchange(connect(address).await, get(Method::GET), &pool)
         .await
         .unwrap();
-    // Transfer-Encoding overrides Content-Length, which is not forwarded.
-    assert!(response.headers().get("content-length").is_none());
     let (body, trailers) = read_all(response.into_body()).await.unwrap();
     assert_eq!(body, "hello world");
     assert_eq!(trailers.expect("trailers")["x-checksum"], "abc");
@@ -476,4 +474,25 @@ async fn exchange_outgoing(
     .await
     .expect("exchange timed out")
     .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_framed_both_ways_is_read_chunked_and_its_connection_closed() {
+    let (address, _seen) = upstream(vec![(
+        0,
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        false,
+    )])
+    .await;
+    let pool = Arc::new(Http1Pool::default());
+    let response = exchange(connect(address).await, get(Method::GET), &pool)
+        .await
+        .unwrap();
+    // Transfer-Encoding overrides Content-Length, which is not forwarded.
+    assert!(response.headers().get("content-length").is_none());
+    assert_eq!(read_all(response.into_body()).await.unwrap().0, "hello");
+    assert!(
+        pool.checkout().is_none(),
+        "an ambiguous message's connection was kept"
+    );
 }
