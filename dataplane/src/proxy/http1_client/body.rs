@@ -13,7 +13,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::io::poll_read_buf;
 
-use super::{Connection, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, READ_CHUNK, invalid};
+use bytes::BytesMut;
+
+use super::{Connection, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_READ, READ_CHUNK, invalid};
 use crate::proxy::upstream::Http1Pool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub struct Http1Body {
     pub(super) framing: BodyFraming,
     pub(super) reusable: bool,
     pub(super) pool: Arc<Http1Pool>,
+    /// What the next read reserves (see `MAX_READ`).
+    pub(super) read_size: usize,
 }
 
 impl std::fmt::Debug for Http1Body {
@@ -65,6 +69,11 @@ impl Http1Body {
             && self.reusable
             && connection.read.is_empty()
         {
+            let mut connection = connection;
+            // An idle connection keeps no large buffer a big body grew.
+            if connection.read.capacity() > READ_CHUNK {
+                connection.read = BytesMut::new();
+            }
             self.pool.checkin(connection);
         }
     }
@@ -182,7 +191,8 @@ impl Body for Http1Body {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
-            connection.read.reserve(READ_CHUNK);
+            connection.read.reserve(this.read_size);
+            let room = connection.read.capacity() - connection.read.len();
             match poll_read_buf(Pin::new(&mut connection.io), cx, &mut connection.read) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if this.framing == BodyFraming::Close => {
@@ -195,6 +205,9 @@ impl Body for Http1Body {
                         io::ErrorKind::UnexpectedEof,
                         "upstream closed the connection mid-body",
                     ));
+                }
+                Poll::Ready(Ok(n)) if n == room => {
+                    this.read_size = (this.read_size * 2).min(MAX_READ);
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return this.fail(error),

@@ -49,8 +49,12 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Read buffer reserved before each read.
+/// Read buffer reserved before each read of a head, and the first of a
+/// body's.
 const READ_CHUNK: usize = 8 * 1024;
+/// Largest read of a body: each read that fills its buffer doubles the
+/// next, so a large body takes few system calls.
+const MAX_READ: usize = 256 * 1024;
 
 /// One HTTP/1.1 connection to an endpoint, between exchanges.
 pub struct Connection {
@@ -248,6 +252,7 @@ impl Connection {
             framing,
             reusable,
             pool,
+            read_size: READ_CHUNK,
         };
         body.finish_if_done();
         let mut response = Response::new(body);

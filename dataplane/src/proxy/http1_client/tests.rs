@@ -496,3 +496,27 @@ async fn a_response_framed_both_ways_is_read_chunked_and_its_connection_closed()
         "an ambiguous message's connection was kept"
     );
 }
+
+#[tokio::test]
+async fn a_large_body_is_read_whole_and_its_connection_pooled_without_the_large_buffer() {
+    let body: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
+    let (address, _seen) = upstream(vec![(
+        0,
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n", body],
+        false,
+    )])
+    .await;
+    let pool = Arc::new(Http1Pool::default());
+    let response = exchange(connect(address).await, get(Method::GET), &pool)
+        .await
+        .unwrap();
+    let (read, _) = read_all(response.into_body()).await.unwrap();
+    assert_eq!(read.len(), 1 << 20);
+    assert!(read.iter().all(|b| *b == b'x'));
+    let idle = pool.checkout().expect("connection back in the pool");
+    assert!(
+        idle.read.capacity() <= super::READ_CHUNK,
+        "an idle connection kept a {}-byte buffer",
+        idle.read.capacity()
+    );
+}
