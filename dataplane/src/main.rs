@@ -13,6 +13,10 @@ use anyhow::Context;
 use clap::Parser;
 use gatehouse_dataplane::{Dataplane, admin, client};
 
+/// How often idle upstream connections their upstreams closed are closed
+/// here too, when no request has come to find them.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 #[derive(Parser, Debug)]
 #[command(name = "gatehouse-dataplane", about = "Gatehouse data plane")]
 struct Args {
@@ -78,6 +82,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // the process with port 0 (tests, scripts).
     println!("admin listening on {}", admin_listener.local_addr()?);
     tokio::spawn(admin::serve_admin(admin_listener, dataplane.clone()));
+    tokio::spawn(
+        dataplane
+            .clone()
+            .sweep_idle_connections(IDLE_SWEEP_INTERVAL),
+    );
 
     let follower = match (&args.snapshot, &args.controller) {
         (Some(path), _) => {

@@ -235,6 +235,23 @@ impl Dataplane {
         )
     }
 
+    /// Every `every`, closes the idle upstream connections their upstreams
+    /// have closed (see `Upstream::close_idle_closed`); runs until the data
+    /// plane is dropped.
+    pub async fn sweep_idle_connections(self: Arc<Self>, every: std::time::Duration) {
+        let dataplane = Arc::downgrade(&self);
+        drop(self);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(dataplane) = dataplane.upgrade() else {
+                return;
+            };
+            dataplane.upstream.close_idle_closed();
+        }
+    }
+
     /// Stops accepting on every port and waits for open connections to
     /// finish their in-flight requests.
     pub async fn shutdown(&self) {

@@ -265,6 +265,23 @@ impl Upstream {
             .map_err(|e| UpstreamError::Request(error_detail(&e)))
     }
 
+    /// Closes the idle HTTP/1.1 connections their upstreams have closed.
+    /// Checkout passes over such a connection anyway; this frees it when no
+    /// request comes to do that. Each connection is out of its queue only
+    /// while it is checked, so requests meanwhile find the others.
+    pub fn close_idle_closed(&self) {
+        for pool in self.http1.load().values() {
+            for _ in 0..pool.idle.len() {
+                let Some(mut connection) = pool.idle.pop() else {
+                    break;
+                };
+                if connection.is_usable() {
+                    pool.checkin(connection);
+                }
+            }
+        }
+    }
+
     /// Forgets the connections of endpoints no longer in `kept`. In-flight
     /// requests keep theirs until they end.
     pub fn retain(&self, kept: &HashSet<SocketAddr>) {
@@ -661,5 +678,42 @@ mod tests {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.contains("HTTP/1.1 200 OK\r\n"), "{text}");
         assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_their_upstream_closed_are_closed_without_a_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (close_tx, mut close) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            // The first connection is closed on a signal, as an upstream's
+            // keep-alive timeout would; the second stays open.
+            let (first, _) = listener.accept().await.unwrap();
+            let (_second, _) = listener.accept().await.unwrap();
+            close.recv().await;
+            drop(first);
+            std::future::pending::<()>().await;
+        });
+        let upstream = Upstream::default();
+        let pool = slot(&upstream.http1, PoolKey::new(address, None));
+        for _ in 0..2 {
+            pool.checkin(connect_http1(address, None).await.unwrap());
+        }
+        upstream.close_idle_closed();
+        assert_eq!(pool.idle.len(), 2, "open connections were closed");
+        close_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while pool.idle.len() > 1 {
+                tokio::task::yield_now().await;
+                upstream.close_idle_closed();
+            }
+        })
+        .await
+        .expect("the closed connection stayed in the pool");
+        assert_eq!(pool.idle.len(), 1);
+        assert!(
+            pool.checkout().is_some(),
+            "the open connection is still usable"
+        );
     }
 }
