@@ -48,14 +48,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Upstream {
-                body: UpstreamBody::Http1(body),
-                ..
-            } => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Upstream {
-                body: UpstreamBody::Hyper(body),
-                ..
-            } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             Self::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -64,29 +57,44 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream {
-                body: UpstreamBody::Http1(body),
-                ..
-            } => body.is_end_stream(),
-            Self::Upstream {
-                body: UpstreamBody::Hyper(body),
-                ..
-            } => body.is_end_stream(),
+            Self::Upstream { body, .. } => body.is_end_stream(),
             Self::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream {
-                body: UpstreamBody::Http1(body),
-                ..
-            } => body.size_hint(),
-            Self::Upstream {
-                body: UpstreamBody::Hyper(body),
-                ..
-            } => body.size_hint(),
+            Self::Upstream { body, .. } => body.size_hint(),
             Self::Local(full) => full.size_hint(),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Hyper(body) => body.size_hint(),
         }
     }
 }

@@ -10,6 +10,8 @@ mod listeners;
 pub mod proxy_protocol;
 mod request_body;
 mod retry;
+#[cfg(test)]
+mod test_io;
 mod upgrade;
 mod upstream;
 

@@ -408,7 +408,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::Dataplane;
+    use crate::{Dataplane, proxy::test_io::read_until};
 
     /// A raw HTTP/1.1 upstream answering each request with `reply`, counting
     /// the connections it accepted.
@@ -520,19 +520,6 @@ mod tests {
         assert_eq!(silent.read(&mut byte).await.unwrap(), 0);
     }
 
-    /// Reads from `stream` until `buffer` holds `end`; returns where it ends.
-    async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, end: &[u8]) -> usize {
-        loop {
-            if let Some(at) = buffer.windows(end.len()).position(|w| w == end) {
-                return at + end.len();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(end));
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-
     #[tokio::test]
     async fn a_request_body_of_unknown_length_is_streamed_chunked() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -541,16 +528,22 @@ mod tests {
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
-            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n")
+                .await
+                .expect("closed early");
             let head_text = String::from_utf8_lossy(&seen[..head]).to_lowercase();
             assert!(
                 head_text.contains("transfer-encoding: chunked"),
                 "{head_text}"
             );
-            read_until(&mut stream, &mut seen, b"hello\r\n").await;
+            read_until(&mut stream, &mut seen, b"hello\r\n")
+                .await
+                .expect("closed early");
             // The first chunk arrived before the client sent the rest.
             first_chunk_seen.send(()).await.unwrap();
-            let end = read_until(&mut stream, &mut seen, b"0\r\n\r\n").await;
+            let end = read_until(&mut stream, &mut seen, b"0\r\n\r\n")
+                .await
+                .expect("closed early");
             let body = String::from_utf8_lossy(&seen[head..end]).into_owned();
             let reply = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -570,7 +563,9 @@ mod tests {
             .expect("the upstream saw the first chunk");
         client.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
         let mut answer = Vec::new();
-        let head = read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+        let head = read_until(&mut client, &mut answer, b"\r\n\r\n")
+            .await
+            .expect("closed early");
         let expected = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
         while answer.len() < head + expected.len() {
             let mut chunk = [0u8; 4096];
@@ -593,7 +588,9 @@ mod tests {
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
-                    read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+                    read_until(&mut stream, &mut seen, b"\r\n\r\n")
+                        .await
+                        .expect("closed early");
                     // Refuses the upload at its head, as a size check would.
                     let _ = stream
                         .write_all(
@@ -614,13 +611,17 @@ mod tests {
             .unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            let head = read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+            let head = read_until(&mut client, &mut answer, b"\r\n\r\n")
+                .await
+                .expect("closed early");
             assert!(
                 answer.starts_with(b"HTTP/1.1 413 "),
                 "{:?}",
                 String::from_utf8_lossy(&answer)
             );
-            read_until(&mut client, &mut answer, b"big").await;
+            read_until(&mut client, &mut answer, b"big")
+                .await
+                .expect("closed early");
             head
         })
         .await
@@ -631,7 +632,9 @@ mod tests {
             .await
             .unwrap();
         let mut answer = Vec::new();
-        read_until(&mut next, &mut answer, b"big").await;
+        read_until(&mut next, &mut answer, b"big")
+            .await
+            .expect("closed early");
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 
@@ -642,13 +645,17 @@ mod tests {
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
-            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n").await;
+            let head = read_until(&mut stream, &mut seen, b"\r\n\r\n")
+                .await
+                .expect("closed early");
             // An upstream that honours the expectation answers 100 too.
             stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .unwrap();
-            let end = read_until(&mut stream, &mut seen, b"hello").await;
+            let end = read_until(&mut stream, &mut seen, b"hello")
+                .await
+                .expect("closed early");
             let reply = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
                 end - head,
@@ -664,14 +671,18 @@ mod tests {
             .unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            read_until(&mut client, &mut answer, b"\r\n\r\n").await;
+            read_until(&mut client, &mut answer, b"\r\n\r\n")
+                .await
+                .expect("closed early");
             assert!(
                 answer.starts_with(b"HTTP/1.1 100 Continue\r\n"),
                 "{:?}",
                 String::from_utf8_lossy(&answer)
             );
             client.write_all(b"hello").await.unwrap();
-            read_until(&mut client, &mut answer, b"hello").await;
+            read_until(&mut client, &mut answer, b"hello")
+                .await
+                .expect("closed early");
         })
         .await
         .expect("the body did not get through");

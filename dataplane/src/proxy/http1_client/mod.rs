@@ -41,7 +41,7 @@ mod tests;
 use body::BodyFraming;
 pub use body::Http1Body;
 use request::{BodyWriter, encode_head};
-use response::{Parsed, ResponseHead, parse_head, response_framing, skip_interim};
+use response::{Early, Parsed, ResponseHead, early_answer, parse_head, response_framing};
 
 /// Most header fields a response head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -146,6 +146,7 @@ impl Connection {
                 Err((_, error)) => return Err(ExchangeError::Failed(error)),
             }
             let (out, writer, body) = (&mut outgoing.out, &mut outgoing.writer, &mut outgoing.body);
+            let mut early = None;
             while !writer.done {
                 // The upstream may answer before the body is all sent (a
                 // 413, say): watch for that while waiting for the client's
@@ -159,8 +160,13 @@ impl Connection {
                 match event {
                     Event::Read(Ok(0)) => break,
                     Event::Read(Ok(_)) => {
-                        if skip_interim(&mut self.read).map_err(ExchangeError::Failed)? {
-                            break;
+                        match early_answer(&mut self.read).map_err(ExchangeError::Failed)? {
+                            Early::Nothing => {}
+                            Early::Begun => break,
+                            Early::Final(head) => {
+                                early = Some(head);
+                                break;
+                            }
                         }
                     }
                     Event::Read(Err(error)) => return Err(ExchangeError::Failed(error)),
@@ -176,7 +182,7 @@ impl Connection {
             outgoing.body = RequestBody::Empty;
             // An answer that came before the request was all sent leaves the
             // connection mid-message: it closes after this response.
-            self.read_response(outgoing.head_only, complete, pool)
+            self.read_response(early, outgoing.head_only, complete, pool)
                 .await
                 .map_err(ExchangeError::Failed)
         }
@@ -200,12 +206,18 @@ impl Connection {
         self.io.flush().await.map_err(|error| (written, error))
     }
 
+    /// Reads the final response head, unless it came while the request
+    /// body was being sent (`early`).
     async fn read_response(
         mut self,
+        early: Option<ResponseHead>,
         head_only: bool,
         reusable: bool,
         pool: Arc<Http1Pool>,
     ) -> io::Result<Response<Http1Body>> {
+        if let Some(head) = early {
+            return self.into_response(head, head_only, reusable, pool);
+        }
         loop {
             match parse_head(&mut self.read)? {
                 Some(Parsed::Interim) => continue,

@@ -26,24 +26,26 @@ pub(super) enum Parsed {
     Final(ResponseHead),
 }
 
-/// Consumes the interim answers at the front of `read`; `true` when a final
-/// response head has begun to arrive (it stays in `read`).
-pub(super) fn skip_interim(read: &mut BytesMut) -> io::Result<bool> {
+/// What the front of `read` holds while the request body is still being
+/// sent.
+pub(super) enum Early {
+    /// Nothing, or interim answers (passed over) and perhaps the beginning
+    /// of another.
+    Nothing,
+    /// The beginning of a final response's head.
+    Begun,
+    Final(ResponseHead),
+}
+
+/// Passes over the interim answers at the front of `read`, and says
+/// whether a final answer has begun.
+pub(super) fn early_answer(read: &mut BytesMut) -> io::Result<Early> {
     loop {
-        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            read,
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) => match response.code {
-                Some(code @ 100..=199) if code != 101 => read.advance(len),
-                _ => return Ok(true),
-            },
-            // A partial head: an interim one, or the final one beginning.
-            Ok(httparse::Status::Partial) => return Ok(partial_is_final(read)),
-            Err(error) => return Err(invalid_owned(format!("bad response head: {error}"))),
+        match parse_head(read)? {
+            Some(Parsed::Interim) => {}
+            Some(Parsed::Final(head)) => return Ok(Early::Final(head)),
+            None if partial_is_final(read) => return Ok(Early::Begun),
+            None => return Ok(Early::Nothing),
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::either::Either;
 use super::{Connection, ExchangeError, Http1Body, Outgoing};
 use crate::proxy::{
     request_body::{Buffered, RequestBody},
+    test_io::read_until,
     upstream::Http1Pool,
 };
 
@@ -44,7 +45,7 @@ async fn upstream(
                     while stream.read(&mut [0u8; 64]).await.is_ok_and(|n| n > 0) {}
                     return;
                 };
-                let Some(head_end) = read_until_head(&mut stream, &mut buffer).await else {
+                let Some(head_end) = read_until(&mut stream, &mut buffer, b"\r\n\r\n").await else {
                     break;
                 };
                 while buffer.len() < head_end + body_len {
@@ -69,19 +70,6 @@ async fn upstream(
     (address, seen)
 }
 
-async fn read_until_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(end + 4);
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 async fn connect(address: std::net::SocketAddr) -> Connection {
     let stream = TcpStream::connect(address).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -102,9 +90,17 @@ async fn exchange(
     request: Request<RequestBody>,
     pool: &Arc<Http1Pool>,
 ) -> Result<http::Response<Http1Body>, ExchangeError> {
+    exchange_outgoing(connection, Outgoing::new(request).unwrap(), pool).await
+}
+
+async fn exchange_outgoing(
+    connection: Connection,
+    outgoing: Outgoing,
+    pool: &Arc<Http1Pool>,
+) -> Result<http::Response<Http1Body>, ExchangeError> {
     tokio::time::timeout(
         Duration::from_secs(10),
-        connection.exchange(Outgoing::new(request).unwrap(), pool.clone()),
+        connection.exchange(outgoing, pool.clone()),
     )
     .await
     .expect("exchange timed out")
@@ -427,7 +423,9 @@ async fn a_request_whose_first_write_fails_comes_back_whole_for_another_connecti
         reset_tx.send(()).unwrap();
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut buffer = Vec::new();
-        let end = read_until_head(&mut stream, &mut buffer).await.unwrap();
+        let end = read_until(&mut stream, &mut buffer, b"\r\n\r\n")
+            .await
+            .unwrap();
         while buffer.len() < end + 11 {
             let mut chunk = [0u8; 64];
             let n = stream.read(&mut chunk).await.unwrap();
@@ -455,25 +453,13 @@ async fn a_request_whose_first_write_fails_comes_back_whole_for_another_connecti
         Err(ExchangeError::Unsent(unsent, _)) => unsent,
         other => panic!("expected the request back, got {other:?}"),
     };
-    let response = exchange_outgoing(connect(address).await, *unsent, &pool).await;
+    let response = exchange_outgoing(connect(address).await, *unsent, &pool)
+        .await
+        .unwrap();
     let (echoed, _) = read_all(response.into_body()).await.unwrap();
     let echoed = String::from_utf8(echoed.to_vec()).unwrap();
     assert!(echoed.starts_with("POST /upload HTTP/1.1\r\n"), "{echoed}");
     assert!(echoed.ends_with("\r\n\r\nhello world"), "{echoed}");
-}
-
-async fn exchange_outgoing(
-    connection: Connection,
-    outgoing: Outgoing,
-    pool: &Arc<Http1Pool>,
-) -> http::Response<Http1Body> {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        connection.exchange(outgoing, pool.clone()),
-    )
-    .await
-    .expect("exchange timed out")
-    .unwrap()
 }
 
 #[tokio::test]
