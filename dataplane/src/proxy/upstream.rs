@@ -193,8 +193,12 @@ impl Upstream {
             let mut outgoing =
                 outgoing.map_err(|error| UpstreamError::Request(error.to_string()))?;
             let pool = slot(&self.http1, PoolKey::new(address, tls));
+            // After a resend, only a new connection: an idle one might have
+            // been closed as well, and the request goes again only once.
+            let mut resent = false;
             loop {
-                let (connection, reused) = match pool.checkout() {
+                let pooled = if resent { None } else { pool.checkout() };
+                let (connection, reused) = match pooled {
                     Some(connection) => (connection, true),
                     // Boxed: the connect and handshake state would otherwise
                     // widen every request's future, which is moved whole on
@@ -212,6 +216,17 @@ impl Upstream {
                     // went out: a connection failure (retried as one).
                     Err(ExchangeError::Unsent(_, error)) => {
                         return Err(UpstreamError::Connect(address, error.to_string()));
+                    }
+                    // The upstream closed a pooled connection just as the
+                    // request arrived, and answered nothing: an idempotent
+                    // request goes again, over a new connection.
+                    Err(ExchangeError::Unanswered(unanswered, error)) if reused => {
+                        tracing::debug!(%address, %error, "resending over a new connection");
+                        outgoing = *unanswered;
+                        resent = true;
+                    }
+                    Err(ExchangeError::Unanswered(_, error)) => {
+                        return Err(UpstreamError::Request(error.to_string()));
                     }
                     Err(ExchangeError::Failed(error)) => {
                         return Err(UpstreamError::Request(error.to_string()));
@@ -689,6 +704,100 @@ mod tests {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.contains("HTTP/1.1 200 OK\r\n"), "{text}");
         assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
+    }
+
+    /// An upstream whose first connection answers one request and is then
+    /// closed as the next request arrives, before any answer: after reading
+    /// it, or (`unread`) without, which resets the connection. Later
+    /// connections answer every request. Counts connections and requests.
+    async fn drops_its_first_connection_after_one_answer(
+        unread: bool,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (connections, requests) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counted_connections, counted_requests) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            counted_connections.fetch_add(1, Ordering::Relaxed);
+            let mut buffer = Vec::new();
+            let end = read_until(&mut first, &mut buffer, b"\r\n\r\n")
+                .await
+                .unwrap();
+            buffer.drain(..end);
+            counted_requests.fetch_add(1, Ordering::Relaxed);
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            if unread {
+                first.readable().await.unwrap();
+            } else {
+                read_until(&mut first, &mut buffer, b"\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+            counted_requests.fetch_add(1, Ordering::Relaxed);
+            drop(first);
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted_connections.fetch_add(1, Ordering::Relaxed);
+                let counted_requests = counted_requests.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    while let Some(end) = read_until(&mut stream, &mut buffer, b"\r\n\r\n").await {
+                        buffer.drain(..end);
+                        counted_requests.fetch_add(1, Ordering::Relaxed);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, connections, requests)
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_a_pooled_connection_drops_unanswered_goes_again_on_a_new_one() {
+        for unread in [false, true] {
+            let (backend, connections, requests) =
+                drops_its_first_connection_after_one_answer(unread).await;
+            let (_dataplane, proxy) = proxy_to(backend).await;
+            assert_eq!(
+                get_sequentially(proxy, 2).await,
+                ["first", "again"],
+                "unread: {unread}"
+            );
+            assert_eq!(connections.load(Ordering::Relaxed), 2, "unread: {unread}");
+            assert_eq!(requests.load(Ordering::Relaxed), 3, "unread: {unread}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_a_pooled_connection_drops_unanswered_is_not_sent_again() {
+        let (backend, connections, requests) =
+            drops_its_first_connection_after_one_answer(false).await;
+        let (_dataplane, proxy) = proxy_to(backend).await;
+        assert_eq!(get_sequentially(proxy, 1).await, ["first"]);
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let post = Request::post("/orders")
+            .header("host", "example.com")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"order",
+            )))
+            .unwrap();
+        let response = sender.send_request(post).await.unwrap();
+        assert_eq!(response.status(), 502);
+        assert_eq!(
+            connections.load(Ordering::Relaxed),
+            1,
+            "the POST went again"
+        );
+        assert_eq!(requests.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

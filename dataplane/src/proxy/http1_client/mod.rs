@@ -68,6 +68,11 @@ pub enum ExchangeError {
     /// Nothing was written: the request, whole, may go over another
     /// connection.
     Unsent(Box<Outgoing>, io::Error),
+    /// The whole request went out in its first write, and the connection
+    /// closed without a byte of answer. An idempotent request may go again
+    /// over another connection (RFC 9112 §9.3.1): on a pooled connection
+    /// this is the upstream closing it, idle, just as the request arrived.
+    Unanswered(Box<Outgoing>, io::Error),
     /// The request was (perhaps partly) sent; no usable response came.
     Failed(io::Error),
 }
@@ -82,12 +87,24 @@ pub struct Outgoing {
     body: RequestBody,
     writer: BodyWriter,
     head_only: bool,
+    /// Idempotent (RFC 9110 §9.2.2), and whole in `out`: it may be sent
+    /// again.
+    resendable: bool,
 }
 
 impl Outgoing {
     /// Encodes `request` (origin-form URI, Host set).
     pub fn new(request: Request<RequestBody>) -> io::Result<Self> {
         let head_only = request.method() == Method::HEAD;
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
         let (parts, mut body) = request.into_parts();
         let (mut out, framing) = encode_head(&parts, &body)?;
         let mut writer = BodyWriter::new(framing);
@@ -97,6 +114,7 @@ impl Outgoing {
             writer.encode(frame, &mut out)?;
         }
         Ok(Self {
+            resendable: idempotent && writer.done,
             out,
             body,
             writer,
@@ -180,6 +198,15 @@ impl Connection {
             let complete = writer.done;
             // The client's body is let go of before the answer is awaited.
             outgoing.body = RequestBody::Empty;
+            if early.is_none() && self.read.is_empty() {
+                match self.first_read().await {
+                    Ok(()) => {}
+                    Err(error) if outgoing.resendable => {
+                        return Err(ExchangeError::Unanswered(Box::new(outgoing), error));
+                    }
+                    Err(error) => return Err(ExchangeError::Failed(error)),
+                }
+            }
             // An answer that came before the request was all sent leaves the
             // connection mid-message: it closes after this response.
             self.read_response(early, outgoing.head_only, complete, pool)
@@ -191,6 +218,16 @@ impl Connection {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await
+    }
+
+    /// Waits for the first bytes of an answer; an error if the connection
+    /// ended, or was reset, before any.
+    async fn first_read(&mut self) -> io::Result<()> {
+        self.read.reserve(READ_CHUNK);
+        match poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)).await? {
+            0 => Err(closed_unanswered()),
+            _ => Ok(()),
+        }
     }
 
     /// Writes a request's first bytes; on failure, says how many went out.
@@ -229,10 +266,7 @@ impl Connection {
             self.read.reserve(READ_CHUNK);
             let n = poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)).await?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                ));
+                return Err(closed_unanswered());
             }
         }
     }
@@ -277,6 +311,13 @@ impl Connection {
 enum Event {
     Read(io::Result<usize>),
     Frame(Option<Result<Frame<Bytes>, BodyError>>),
+}
+
+fn closed_unanswered() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "connection closed before a response",
+    )
 }
 
 fn invalid(what: &'static str) -> io::Error {

@@ -329,6 +329,7 @@ async fn failure(reply: Vec<&'static [u8]>) -> String {
     match exchange(connect(address).await, get(Method::GET), &pool).await {
         Err(ExchangeError::Failed(error)) => format!("exchange: {error}"),
         Err(ExchangeError::Unsent(_, error)) => panic!("unsent: {error}"),
+        Err(ExchangeError::Unanswered(_, error)) => format!("unanswered: {error}"),
         Ok(response) => match read_all(response.into_body()).await {
             Err(error) => format!("body: {error}"),
             Ok((body, _)) => format!("read as a whole response: {body:?}"),
@@ -406,6 +407,37 @@ async fn broken_responses_are_errors_not_responses() {
     for (name, reply, expected) in cases {
         let got = failure(reply).await;
         assert!(got.starts_with(expected), "{name}: {got}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_closed_on_unanswered_comes_back_whole_and_a_post_does_not() {
+    // Each upstream reads the request, answers nothing and closes.
+    let (address, _seen) = upstream(vec![(0, vec![], true)]).await;
+    let pool = Arc::new(Http1Pool::default());
+    let unanswered = match exchange(connect(address).await, get(Method::GET), &pool).await {
+        Err(ExchangeError::Unanswered(unanswered, _)) => unanswered,
+        other => panic!("expected the GET back, got {other:?}"),
+    };
+    let expected = Outgoing::new(get(Method::GET)).unwrap();
+    assert_eq!(
+        unanswered.out, expected.out,
+        "the request came back changed"
+    );
+
+    let (address, _seen) = upstream(vec![(5, vec![], true)]).await;
+    let post = Request::post("/orders")
+        .header("host", "example.com")
+        .body(RequestBody::Buffered(Buffered::new(
+            Bytes::from_static(b"order"),
+            None,
+        )))
+        .unwrap();
+    match exchange(connect(address).await, post, &pool).await {
+        Err(ExchangeError::Failed(error)) => {
+            assert_eq!(error.to_string(), "connection closed before a response");
+        }
+        other => panic!("a POST must not come back to be sent again, got {other:?}"),
     }
 }
 
