@@ -458,6 +458,14 @@ mod tests {
 
     /// Serves one route to `backend`; returns the proxy's address.
     async fn proxy_to(backend: std::net::SocketAddr) -> (Arc<Dataplane>, std::net::SocketAddr) {
+        proxy_over(backend, "UPSTREAM_PROTOCOL_HTTP1").await
+    }
+
+    /// Serves one route to `backend`, spoken to in `protocol`.
+    async fn proxy_over(
+        backend: std::net::SocketAddr,
+        protocol: &str,
+    ) -> (Arc<Dataplane>, std::net::SocketAddr) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -469,8 +477,8 @@ mod tests {
             "name":"g","section":"http"}},"hostname":"","hosts":[{{"hostname":"","matches":[{{"path":
             {{"type":"PATH_MATCH_PATH_PREFIX","value":"/"}},"rule":0}}]}}]}}]}}],"rules":[{{"origin":
             {{"kind":"HTTPRoute","namespace":"d","name":"r","section":"0"}},"backends":[{{"weight":1,
-            "cluster":0}}]}}],"clusters":[{{"name":"d/b:80","endpoints":[{{"address":"127.0.0.1",
-            "port":{}}}]}}]}}"#,
+            "cluster":0}}]}}],"clusters":[{{"name":"d/b:80","protocol":"{protocol}","endpoints":[{{
+            "address":"127.0.0.1","port":{}}}]}}]}}"#,
             backend.port()
         );
         let dataplane = Dataplane::new();
@@ -798,6 +806,57 @@ mod tests {
             "the POST went again"
         );
         assert_eq!(requests.load(Ordering::Relaxed), 2);
+    }
+
+    /// An h2c upstream that answers each request with the number of its
+    /// connection, and shuts its first connection down gracefully (GOAWAY)
+    /// after the first answer, as a server being replaced does.
+    async fn h2c_upstream_going_away() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let number = counted.fetch_add(1, Ordering::Relaxed) + 1;
+                tokio::spawn(async move {
+                    let answered = Arc::new(tokio::sync::Notify::new());
+                    let notify = answered.clone();
+                    let service = hyper::service::service_fn(move |_request| {
+                        notify.notify_one();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(format!(
+                                    "connection {number}"
+                                ))),
+                            ))
+                        }
+                    });
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    if number == 1 {
+                        tokio::select! {
+                            _ = connection.as_mut() => return,
+                            _ = answered.notified() => {}
+                        }
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    let _ = connection.await;
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    #[tokio::test]
+    async fn requests_after_an_h2c_upstream_goes_away_take_a_new_connection() {
+        let (backend, connections) = h2c_upstream_going_away().await;
+        let (_dataplane, proxy) = proxy_over(backend, "UPSTREAM_PROTOCOL_H2C").await;
+        let bodies = get_sequentially(proxy, 4).await;
+        assert_eq!(bodies[0], "connection 1");
+        assert_eq!(bodies[3], "connection 2", "{bodies:?}");
+        assert_eq!(connections.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
