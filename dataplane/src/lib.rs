@@ -9,4 +9,4 @@ pub mod retry_budget;
 pub mod stats;
 pub mod table;
 
-pub use proxy::{Applied, ApplyError, Dataplane};
+pub use proxy::{Applied, ApplyError, Dataplane, Options};

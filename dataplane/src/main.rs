@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use gatehouse_dataplane::{Dataplane, admin, client};
+use gatehouse_dataplane::{Dataplane, Options, admin, client};
 
 /// How often idle upstream connections their upstreams closed are closed
 /// here too, when no request has come to find them.
@@ -48,6 +48,11 @@ struct Args {
     /// address instead (several groups' data planes on one host).
     #[arg(long)]
     listen_address: Option<std::net::IpAddr>,
+    /// Seconds an HTTP/1 client connection may take to send a request
+    /// head, from its accept or the end of its last response; one that
+    /// does not is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    client_header_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,7 +79,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dataplane = Dataplane::with_listen_address(args.listen_address);
+    let dataplane = Dataplane::with_options(Options {
+        listen_address: args.listen_address,
+        client_header_timeout: Duration::from_secs(args.client_header_timeout),
+    });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding admin address {}", args.admin))?;

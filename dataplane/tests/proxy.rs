@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use common::*;
-use gatehouse_dataplane::{ApplyError, Dataplane};
+use gatehouse_dataplane::{ApplyError, Dataplane, Options};
 use gatehouse_snapshot as pb;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
@@ -530,4 +530,158 @@ async fn same_version_is_not_rebuilt() {
         gatehouse_dataplane::Applied::Unchanged
     );
     assert!(Arc::ptr_eq(&before, &dp.table()));
+}
+
+/// Reads until the peer closes (or resets) the connection; returns what
+/// came and how long the close took.
+async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the connection was not closed");
+    (received, started.elapsed())
+}
+
+#[tokio::test]
+async fn connections_without_a_complete_head_in_time_are_closed_and_busy_ones_kept() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_header_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    dataplane
+        .apply(single_route(bind, "r", echo("e").await))
+        .await
+        .expect("snapshot applies");
+    let connect = || TcpStream::connect(("127.0.0.1", bind));
+
+    // Says nothing at all.
+    let mut silent = connect().await.unwrap();
+    // Sends its head a few bytes at a time, never finishing it.
+    let mut slow = connect().await.unwrap();
+    let (mut slow_reader, mut slow_writer) = slow.split();
+    // Gets an answer, then stays idle.
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+
+    let trickle = async {
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ";
+        let _ = slow_writer.write_all(head).await;
+        for _ in 0..100 {
+            tokio::time::sleep(TIMEOUT / 8).await;
+            if slow_writer.write_all(b"z").await.is_err() {
+                break;
+            }
+        }
+    };
+    let slow_closed = async {
+        let started = std::time::Instant::now();
+        let mut chunk = [0u8; 64];
+        loop {
+            match slow_reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    let (((silent_bytes, silent_after), (idle_bytes, idle_after)), slow_after) = tokio::join!(
+        async { tokio::join!(read_until_closed(&mut silent), read_until_closed(&mut idle)) },
+        async {
+            tokio::select! {
+                after = slow_closed => after,
+                () = trickle => panic!("the slow client was never cut off"),
+            }
+        },
+    );
+    assert!(silent_bytes.is_empty());
+    assert!(silent_after >= TIMEOUT, "closed after {silent_after:?}");
+    assert!(slow_after >= TIMEOUT, "closed after {slow_after:?}");
+    assert!(slow_after < TIMEOUT * 5, "closed after {slow_after:?}");
+    let idle_text = String::from_utf8_lossy(&idle_bytes);
+    assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
+    assert!(idle_after >= TIMEOUT, "closed after {idle_after:?}");
+
+    // A connection whose requests come within the timeout of each other
+    // stays open well past it.
+    let stream = connect().await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driven = tokio::spawn(connection);
+    for _ in 0..6 {
+        tokio::time::sleep(TIMEOUT / 4).await;
+        sender
+            .ready()
+            .await
+            .expect("the busy connection was closed");
+        let request = Request::get("/")
+            .header("host", "a")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    assert!(!driven.is_finished());
+}
+
+#[tokio::test]
+async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    // Answers after three timeouts, and sends the body three timeouts
+    // after the head.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                tokio::time::sleep(TIMEOUT * 3).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                    .await;
+                tokio::time::sleep(TIMEOUT * 3).await;
+                let _ = stream.write_all(b"done").await;
+            });
+        }
+    });
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_header_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    dataplane
+        .apply(single_route(bind, "r", backend))
+        .await
+        .expect("snapshot applies");
+    let mut client = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (received, after) = read_until_closed(&mut client).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\ndone"), "{text}");
+    // Then idle: closed a timeout after the response, not before.
+    assert!(after >= TIMEOUT * 7, "closed after {after:?}");
 }

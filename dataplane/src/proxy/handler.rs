@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use super::{
     Connection, Dataplane,
+    activity::{CountedBody, Finish},
     body::{ProxyBody, UpstreamBody},
     filters, headers,
     request_body::{ClientBody, RequestBody},
@@ -130,88 +131,96 @@ impl Dataplane {
     pub(crate) fn handle(
         self: Arc<Self>,
         conn: Connection,
+        finish: Finish,
         mut request: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    ) -> impl Future<Output = Result<Response<CountedBody>, Infallible>> {
         // An async block rather than an async fn: it uses its captures in
         // place, where an async fn keeps each argument twice (as captured
         // and as a local), and this future is moved whole on every request.
+        // The response's body carries `finish`; attached here rather than
+        // by a future around this one, which would copy this one into it.
         async move {
-            let started = Instant::now();
-            let table = self.table.load_full();
-            let grpc = is_grpc(&request);
-            strip_claim_headers(&table, &conn, &mut request);
-            let mut found = find_route(&table, &conn, &request);
-            let mut early = Passed::default();
-            // Claims a Gateway's jwtAuth writes to headers are part of what
-            // routes match on: the filters that do not depend on the route run
-            // first, then the route is looked up again on the verified headers.
-            let early_chain = match &found {
-                Ok(first) => first.chain,
-                Err((ProxyError::NoRoute, listener_chain)) => *listener_chain,
-                Err(_) => None,
-            }
-            .filter(|c| c.routes_on_claims);
-            if let Some(chain) = early_chain
-                && preflight_method(&request).is_none()
-            {
-                let facts = RequestFacts {
-                    peer: conn.client.ip(),
-                    rule: "",
-                };
-                // Boxed: a rare path, kept out of every request's future.
-                let phases = Box::pin(chain.run_gateway_phases(facts, request.headers_mut()));
-                match phases.await {
-                    Ok(passed) => {
-                        early = passed;
-                        found = find_route(&table, &conn, &request);
-                    }
-                    Err(local) => {
-                        let cors = match &found {
-                            Ok(first) => first.rule.filters.as_ref().and_then(|f| f.cors.as_ref()),
-                            Err(_) => None,
+            let response = 'answered: {
+                let started = Instant::now();
+                let table = self.table.load_full();
+                let grpc = is_grpc(&request);
+                strip_claim_headers(&table, &conn, &mut request);
+                let mut found = find_route(&table, &conn, &request);
+                let mut early = Passed::default();
+                // Claims a Gateway's jwtAuth writes to headers are part of what
+                // routes match on: the filters that do not depend on the route run
+                // first, then the route is looked up again on the verified headers.
+                let early_chain = match &found {
+                    Ok(first) => first.chain,
+                    Err((ProxyError::NoRoute, listener_chain)) => *listener_chain,
+                    Err(_) => None,
+                }
+                .filter(|c| c.routes_on_claims);
+                if let Some(chain) = early_chain
+                    && preflight_method(&request).is_none()
+                {
+                    let facts = RequestFacts {
+                        peer: conn.client.ip(),
+                        rule: "",
+                    };
+                    // Boxed: a rare path, kept out of every request's future.
+                    let phases = Box::pin(chain.run_gateway_phases(facts, request.headers_mut()));
+                    match phases.await {
+                        Ok(passed) => {
+                            early = passed;
+                            found = find_route(&table, &conn, &request);
                         }
-                        .and_then(|policy| {
-                            match policy.decide(request.method(), request.headers()) {
-                                CorsDecision::Actual(headers) => Some(headers),
-                                _ => None,
+                        Err(local) => {
+                            let cors = match &found {
+                                Ok(first) => {
+                                    first.rule.filters.as_ref().and_then(|f| f.cors.as_ref())
+                                }
+                                Err(_) => None,
                             }
-                        });
-                        let response = refusal(local, grpc, cors);
-                        let stats = match &found {
-                            Ok(first) => &first.rule.stats,
-                            Err(_) => self.stats.no_route(),
-                        };
-                        stats.record(response.status().as_u16(), started.elapsed());
-                        return Ok(response);
+                            .and_then(|policy| {
+                                match policy.decide(request.method(), request.headers()) {
+                                    CorsDecision::Actual(headers) => Some(headers),
+                                    _ => None,
+                                }
+                            });
+                            let response = refusal(local, grpc, cors);
+                            let stats = match &found {
+                                Ok(first) => &first.rule.stats,
+                                Err(_) => self.stats.no_route(),
+                            };
+                            stats.record(response.status().as_u16(), started.elapsed());
+                            break 'answered response;
+                        }
                     }
                 }
-            }
-            let (stats, result) = match found {
-                // A rule without filters, request timeout or retries is
-                // forwarded in this future; the others take the boxed path.
-                Ok(found) if found.is_plain() && early.ran.is_empty() => {
-                    let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
-                    (
+                let (stats, result) = match found {
+                    // A rule without filters, request timeout or retries is
+                    // forwarded in this future; the others take the boxed path.
+                    Ok(found) if found.is_plain() && early.ran.is_empty() => {
+                        let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
+                        (
+                            &found.rule.stats,
+                            self.forward(&table, found, &conn, request, 0).await,
+                        )
+                    }
+                    Ok(found) => (
                         &found.rule.stats,
-                        self.forward(&table, found, &conn, request, 0).await,
-                    )
-                }
-                Ok(found) => (
-                    &found.rule.stats,
-                    Box::pin(self.serve(&table, found, &conn, request, early)).await,
-                ),
-                Err((error, Some(chain))) => (
-                    self.stats.no_route(),
-                    Box::pin(unrouted(chain, &conn, request, error, grpc, early)).await,
-                ),
-                Err((error, None)) => (self.stats.no_route(), Err(error)),
-            };
-            let response = result.unwrap_or_else(|error| {
+                        Box::pin(self.serve(&table, found, &conn, request, early)).await,
+                    ),
+                    Err((error, Some(chain))) => (
+                        self.stats.no_route(),
+                        Box::pin(unrouted(chain, &conn, request, error, grpc, early)).await,
+                    ),
+                    Err((error, None)) => (self.stats.no_route(), Err(error)),
+                };
+                let response = result.unwrap_or_else(|error| {
                 tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
                 error.response_for(grpc)
             });
-            stats.record(response.status().as_u16(), started.elapsed());
-            Ok(response)
+                stats.record(response.status().as_u16(), started.elapsed());
+                response
+            };
+            Ok(response.map(|body| finish.attach(body)))
         }
     }
 

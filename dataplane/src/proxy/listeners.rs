@@ -26,7 +26,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Connection, Dataplane, proxy_protocol};
+use super::{
+    Connection, Dataplane,
+    activity::{Activity, CountedBody},
+    proxy_protocol,
+};
 use crate::table::PortKey;
 
 /// Longest a client may take to complete a TLS handshake.
@@ -128,6 +132,10 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
+    /// How long an HTTP/1 connection may wait for a request head (see
+    /// `activity`); also bounds the wait for a clear-text connection's
+    /// first bytes, before a builder is chosen.
+    header_timeout: Duration,
 }
 
 async fn accept_loop(
@@ -144,6 +152,7 @@ async fn accept_loop(
         http1: http1::Builder::new(),
         http2: http2::Builder::new(TokioExecutor::new()),
         auto: auto::Builder::new(TokioExecutor::new()),
+        header_timeout: dataplane.options.client_header_timeout,
     });
     loop {
         let accepted = tokio::select! {
@@ -239,7 +248,8 @@ async fn serve(
         tls: true,
         sni: session.server_name().map(Arc::from),
     };
-    let service = service_fn(move |request| dataplane.clone().handle(connection.clone(), request));
+    let activity = Arc::new(Activity::default());
+    let service = counted_service(dataplane, connection, activity.clone());
     let io = TokioIo::new(stream);
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = if h2 {
         watcher
@@ -248,9 +258,16 @@ async fn serve(
             .map_err(Into::into)
     } else {
         let connection = builders.http1.serve_connection(io, service).with_upgrades();
-        until_done(connection, |c| c.graceful_shutdown(), watcher, closing)
-            .await
-            .map_err(Into::into)
+        let idle = activity.watch(builders.header_timeout);
+        until_done(
+            connection,
+            |c| c.graceful_shutdown(),
+            watcher,
+            closing,
+            idle,
+        )
+        .await
+        .map_err(Into::into)
     };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "TLS connection ended with an error");
@@ -307,13 +324,18 @@ async fn serve_cleartext(
         tls: false,
         sni: None,
     };
-    let service = service_fn(move |request| dataplane.clone().handle(connection.clone(), request));
+    let activity = Arc::new(Activity::default());
+    let service = counted_service(dataplane, connection, activity.clone());
     let mut head = [0u8; H2_PREFACE.len()];
     let peeked = tokio::select! {
-        peeked = stream.peek(&mut head) => match peeked {
-            Ok(n) => n,
-            Err(error) => {
+        peeked = tokio::time::timeout(builders.header_timeout, stream.peek(&mut head)) => match peeked {
+            Ok(Ok(n)) => n,
+            Ok(Err(error)) => {
                 tracing::debug!(%port, %client, %error, "connection ended before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%port, %client, "no request within the header timeout");
                 return;
             }
         },
@@ -331,27 +353,64 @@ async fn serve_cleartext(
             // the same bytes again at once, so let the detecting builder read
             // the rest.
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            until_done(connection, |c| c.graceful_shutdown(), watcher, closing).await
+            let idle = activity.watch(builders.header_timeout);
+            until_done(
+                connection,
+                |c| c.graceful_shutdown(),
+                watcher,
+                closing,
+                idle,
+            )
+            .await
         } else {
             let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            until_done(connection, |c| c.graceful_shutdown(), watcher, closing)
-                .await
-                .map_err(Into::into)
+            let idle = activity.watch(builders.header_timeout);
+            until_done(
+                connection,
+                |c| c.graceful_shutdown(),
+                watcher,
+                closing,
+                idle,
+            )
+            .await
+            .map_err(Into::into)
         };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "connection ended with an error");
     }
 }
 
+/// The data plane's service for one connection, counting its requests in
+/// `activity`.
+fn counted_service(
+    dataplane: Arc<Dataplane>,
+    connection: Connection,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<CountedBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<CountedBody>, std::convert::Infallible>> + Send,
+> + Clone
++ use<> {
+    service_fn(move |request| {
+        dataplane
+            .clone()
+            .handle(connection.clone(), activity.begin(), request)
+    })
+}
+
 /// Drives a connection that may switch protocols (HTTP/1.1 with upgrades),
 /// which hyper-util's graceful watcher cannot hold: `closing` starts its
 /// graceful shutdown instead, and holding `watcher` until it ends keeps the
-/// port's shutdown waiting for it all the same.
+/// port's shutdown waiting for it all the same. The connection is dropped
+/// (closed) when `idle` resolves: it has waited too long for a request.
 async fn until_done<C, E>(
     connection: C,
     shutdown: fn(Pin<&mut C>),
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
@@ -366,6 +425,10 @@ where
         () = closed => {
             shutdown(connection.as_mut());
             connection.await
+        }
+        () = idle => {
+            tracing::debug!("no request head within the header timeout; closing");
+            Ok(())
         }
     };
     drop(watcher);

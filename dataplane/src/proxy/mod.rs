@@ -1,6 +1,7 @@
 //! The proxy: applies tables (listeners first, then one atomic swap) and
 //! serves requests from whichever table is current.
 
+mod activity;
 mod body;
 mod filters;
 mod handler;
@@ -90,19 +91,40 @@ pub struct Dataplane {
     /// Mirrored requests still running, capped so that a slow mirror can
     /// never pile up connections and tasks.
     mirrors_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Where to bind ports the snapshot puts on the unspecified address.
-    listen_address: Option<std::net::IpAddr>,
+    options: Options,
+}
+
+/// How a data plane serves, beyond what its snapshots say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bind the snapshot's unspecified-address ports (0.0.0.0, ::) on this
+    /// address instead: several groups' data planes on one host, each on
+    /// its own address.
+    pub listen_address: Option<std::net::IpAddr>,
+    /// Longest an HTTP/1 client connection may take to send a request head,
+    /// counted from when the connection is ready for one: from its accept,
+    /// and from the end of each response. A connection that sends no
+    /// complete head in time (one left idle, or a client sending its head a
+    /// byte at a time) is closed, so idle and slow clients cannot hold
+    /// connections without end.
+    pub client_header_timeout: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen_address: None,
+            client_header_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl Dataplane {
     pub fn new() -> Arc<Self> {
-        Self::with_listen_address(None)
+        Self::with_options(Options::default())
     }
 
-    /// A data plane that binds the snapshot's unspecified-address ports
-    /// (0.0.0.0, ::) on `address` instead: several groups' data planes on
-    /// one host, each on its own address.
-    pub fn with_listen_address(listen_address: Option<std::net::IpAddr>) -> Arc<Self> {
+    pub fn with_options(options: Options) -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(Table::empty()),
             ready: AtomicBool::new(false),
@@ -113,7 +135,7 @@ impl Dataplane {
             nacks: AtomicU64::new(0),
             endpoint_updates: AtomicU64::new(0),
             mirrors_in_flight: Arc::default(),
-            listen_address,
+            options,
         })
     }
 
@@ -153,7 +175,7 @@ impl Dataplane {
         }
         let version = snapshot.version.clone();
         let mut snapshot = snapshot;
-        if let Some(address) = self.listen_address {
+        if let Some(address) = self.options.listen_address {
             for port in &mut snapshot.ports {
                 if port
                     .address
