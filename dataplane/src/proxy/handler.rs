@@ -214,9 +214,10 @@ impl Dataplane {
                     Err((error, None)) => (self.stats.no_route(), Err(error)),
                 };
                 let response = result.unwrap_or_else(|error| {
-                tracing::debug!(error = error.label(), client = %conn.client, "answered locally");
-                error.response_for(grpc)
-            });
+                    let client = conn.client;
+                    tracing::debug!(error = error.label(), %client, "answered locally");
+                    error.response_for(grpc)
+                });
                 stats.record(response.status().as_u16(), started.elapsed());
                 response
             };
