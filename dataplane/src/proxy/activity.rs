@@ -91,7 +91,8 @@ impl Future for IdleWatch {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // An error is the watch gone, which only this drop does.
+        // An error is the watching task gone without a word, which only
+        // happens as the runtime shuts down: the connection goes too.
         Pin::new(&mut self.get_mut().expired).poll(cx).map(|_| ())
     }
 }
