@@ -10,6 +10,7 @@ use std::{
 };
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Polls `url` until it answers 200, within a bound.
 async fn wait_ready(client: &HttpClient, admin: u16) {
@@ -63,6 +64,8 @@ async fn serves_a_snapshot_file_and_reports_it() {
             "127.0.0.1:0",
             "--workers",
             "1",
+            "--client-header-timeout",
+            "1",
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -103,6 +106,23 @@ async fn serves_a_snapshot_file_and_reports_it() {
     ] {
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
+
+    // A connection that idles after its answer is closed once it has
+    // waited a whole --client-header-timeout for another request.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", bind))
+        .await
+        .unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = std::time::Instant::now();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut received))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap();
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(answered.elapsed() >= Duration::from_secs(1));
 
     // The `kill` command keeps the test free of unsafe libc calls.
     let status = Command::new("kill")
