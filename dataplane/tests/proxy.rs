@@ -687,3 +687,57 @@ async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
     // Then idle: closed a timeout after the response, not before.
     assert!(after >= TIMEOUT * 7, "closed after {after:?}");
 }
+
+/// The established IPv4 sockets of this host, from /proc/net/tcp: local
+/// port, remote port, and the kernel's active timer on each (`tr`: 0 none,
+/// 1 retransmit, 2 keep-alive).
+fn established_sockets() -> Vec<(u16, u16, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // State 01: ESTABLISHED (not the TIME_WAIT leftovers of other
+            // tests, which may name the same ports).
+            (fields[3] == "01").then_some(())?;
+            let timer = u8::from_str_radix(fields[5].split(':').next()?, 16).ok()?;
+            Some((port(fields[1])?, port(fields[2])?, timer))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn client_and_upstream_connections_carry_kernel_keepalive_probes() {
+    let bind = free_port();
+    let backend = echo("e").await;
+    let _dp = serve(single_route(bind, "r", backend)).await;
+    let mut client = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let client_port = client.local_addr().unwrap().port();
+    // The data plane's side of the client connection, and its pooled
+    // connection to the backend: the only connection to the backend's port.
+    let mut seen = (None, None);
+    for _ in 0..200 {
+        let sockets = established_sockets();
+        let timer = |local: Option<u16>, remote: u16| {
+            sockets
+                .iter()
+                .find(|(l, r, _)| local.is_none_or(|local| local == *l) && *r == remote)
+                .map(|(_, _, timer)| *timer)
+        };
+        seen = (timer(Some(bind), client_port), timer(None, backend.port()));
+        if seen == (Some(2), Some(2)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timers (client side, upstream side): {seen:?}, want keep-alive (2) on both");
+}

@@ -29,7 +29,7 @@ use tokio::{
 use super::{
     Connection, Dataplane,
     activity::{Activity, CountedBody},
-    proxy_protocol,
+    proxy_protocol, tcp,
 };
 use crate::table::PortKey;
 
@@ -169,8 +169,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%port, %error, "TCP_NODELAY not set");
+        if let Err(error) = tcp::tune(&stream) {
+            tracing::debug!(%port, %error, "TCP options not set");
         }
         tokio::spawn(serve(
             stream,

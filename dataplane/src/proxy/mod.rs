@@ -11,6 +11,7 @@ mod listeners;
 pub mod proxy_protocol;
 mod request_body;
 mod retry;
+mod tcp;
 #[cfg(test)]
 mod test_io;
 mod upgrade;

@@ -390,7 +390,7 @@ async fn connect_tcp(address: SocketAddr) -> Result<TcpStream, UpstreamError> {
         .await
         .map_err(|_| UpstreamError::Connect(address, "timed out".into()))?
         .map_err(connect_error)?;
-    stream.set_nodelay(true).map_err(connect_error)?;
+    super::tcp::tune(&stream).map_err(connect_error)?;
     Ok(stream)
 }
 
