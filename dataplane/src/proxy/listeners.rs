@@ -28,7 +28,7 @@ use tokio::{
 
 use super::{
     Connection, Dataplane,
-    activity::{Activity, CountedBody},
+    activity::{Activity, CountedBody, Reaper},
     proxy_protocol, tcp,
 };
 use crate::table::PortKey;
@@ -132,9 +132,10 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
-    /// How long an HTTP/1 connection may wait for a request head (see
-    /// `activity`); also bounds the wait for a clear-text connection's
-    /// first bytes, before a builder is chosen.
+    /// Closes HTTP/1 connections that wait too long for a request head.
+    reaper: Arc<Reaper>,
+    /// The reaper's timeout, which also bounds the wait for a clear-text
+    /// connection's first bytes, before a builder is chosen.
     header_timeout: Duration,
 }
 
@@ -148,11 +149,15 @@ async fn accept_loop(
     // Connections still waiting for their first bytes are not watched by
     // `graceful` yet; this tells them to close.
     let (closing, closed) = watch::channel(false);
+    let header_timeout = dataplane.options.client_header_timeout;
+    let reaper = Reaper::new(header_timeout);
+    let reaping = tokio::spawn(reaper.clone().run());
     let builders = Arc::new(Builders {
         http1: http1::Builder::new(),
         http2: http2::Builder::new(TokioExecutor::new()),
         auto: auto::Builder::new(TokioExecutor::new()),
-        header_timeout: dataplane.options.client_header_timeout,
+        reaper,
+        header_timeout,
     });
     loop {
         let accepted = tokio::select! {
@@ -185,6 +190,7 @@ async fn accept_loop(
     drop(listener);
     let _ = closing.send(true);
     graceful.shutdown().await;
+    reaping.abort();
 }
 
 /// Serves one connection: over TLS when the port is HTTPS (the current
@@ -258,7 +264,8 @@ async fn serve(
             .map_err(Into::into)
     } else {
         let connection = builders.http1.serve_connection(io, service).with_upgrades();
-        let idle = activity.watch(builders.header_timeout);
+        builders.reaper.watch(&activity);
+        let idle = activity.expired();
         until_done(
             connection,
             |c| c.graceful_shutdown(),
@@ -353,7 +360,8 @@ async fn serve_cleartext(
             // the same bytes again at once, so let the detecting builder read
             // the rest.
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            let idle = activity.watch(builders.header_timeout);
+            builders.reaper.watch(&activity);
+            let idle = activity.expired();
             until_done(
                 connection,
                 |c| c.graceful_shutdown(),
@@ -364,7 +372,8 @@ async fn serve_cleartext(
             .await
         } else {
             let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            let idle = activity.watch(builders.header_timeout);
+            builders.reaper.watch(&activity);
+            let idle = activity.expired();
             until_done(
                 connection,
                 |c| c.graceful_shutdown(),
