@@ -27,7 +27,9 @@
 # `--repeat N` runs N rounds, each target once per round, interleaved so that
 # background load drifting over time hits every target alike; each target's
 # row is its round with the median requests/s, and a column gives the
-# requests/s range over the rounds.
+# requests/s range over the rounds. The gatehouse/nginx requests/s ratio of
+# each round, and their median, follow the tables: on a machine whose speed
+# changes between runs, the ratio within a round is the steadier figure.
 #
 # Prints a Markdown table and the ratios gatehouse/nginx and gatehouse/direct;
 # `--out FILE` also writes them to FILE. The script builds the release binaries
@@ -158,6 +160,16 @@ report() {
             wants "$other" || continue
             echo "| gatehouse / $other | $(ratio "$(fig rps gatehouse)" "$(fig rps "$other")") | $(ratio "$(fig p50 gatehouse)" "$(fig p50 "$other")") | $(ratio "$(fig p99 gatehouse)" "$(fig p99 "$other")") | $(ratio "$(fig cpu_us gatehouse)" "$(fig cpu_us "$other")") |"
         done
+        # The two median rows may come from different rounds, and so from
+        # different states of the machine; ratios within each round may not.
+        if wants nginx && ((repeat > 1)); then
+            local r ratios=()
+            for ((r = 1; r <= repeat; r++)); do
+                ratios+=("$(ratio "${rps[gatehouse $r]}" "${rps[nginx $r]}")")
+            done
+            echo
+            echo "gatehouse / nginx requests/s per round: ${ratios[*]} (median $(printf '%s\n' "${ratios[@]}" | sort -n | awk -v n="$repeat" 'NR == int((n + 1) / 2)'))"
+        fi
     fi
 }
 
