@@ -56,7 +56,8 @@ impl Activity {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            // Set between the load and the registration: not woken for it.
+            // Set after the first look but before the registration, it
+            // woke nobody: look again.
             match self.expired.load(SeqCst) {
                 true => Poll::Ready(()),
                 false => Poll::Pending,
