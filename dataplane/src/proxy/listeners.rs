@@ -264,14 +264,13 @@ async fn serve(
             .map_err(Into::into)
     } else {
         let connection = builders.http1.serve_connection(io, service).with_upgrades();
-        builders.reaper.watch(&activity);
-        let idle = activity.expired();
         until_done(
             connection,
             |c| c.graceful_shutdown(),
             watcher,
             closing,
-            idle,
+            &builders.reaper,
+            &activity,
         )
         .await
         .map_err(Into::into)
@@ -360,26 +359,24 @@ async fn serve_cleartext(
             // the same bytes again at once, so let the detecting builder read
             // the rest.
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            builders.reaper.watch(&activity);
-            let idle = activity.expired();
             until_done(
                 connection,
                 |c| c.graceful_shutdown(),
                 watcher,
                 closing,
-                idle,
+                &builders.reaper,
+                &activity,
             )
             .await
         } else {
             let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            builders.reaper.watch(&activity);
-            let idle = activity.expired();
             until_done(
                 connection,
                 |c| c.graceful_shutdown(),
                 watcher,
                 closing,
-                idle,
+                &builders.reaper,
+                &activity,
             )
             .await
             .map_err(Into::into)
@@ -413,17 +410,20 @@ fn counted_service(
 /// which hyper-util's graceful watcher cannot hold: `closing` starts its
 /// graceful shutdown instead, and holding `watcher` until it ends keeps the
 /// port's shutdown waiting for it all the same. The connection is dropped
-/// (closed) when `idle` resolves: it has waited too long for a request.
+/// (closed) when `reaper` finds it has waited too long for a request head.
 async fn until_done<C, E>(
     connection: C,
     shutdown: fn(Pin<&mut C>),
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
-    idle: impl Future<Output = ()>,
+    reaper: &Reaper,
+    activity: &Arc<Activity>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
+    reaper.watch(activity);
+    let idle = activity.expired();
     let mut connection = std::pin::pin!(connection);
     // The guard `wait_for` returns must not live across the await below.
     let closed = async {
