@@ -82,7 +82,11 @@ pub struct Reaper {
 
 struct Watched {
     activity: Weak<Activity>,
+    /// What the last look saw: requests started, and whether the
+    /// connection was waiting for one.
     last_started: u64,
+    was_waiting: bool,
+    /// Looks in a row that found it still waiting since the look before.
     quiet: u8,
 }
 
@@ -95,12 +99,14 @@ impl Reaper {
     }
 
     /// Closes `activity`'s connection (through `Activity::expired`) once it
-    /// has waited for a request head, with no request in flight, for at
-    /// least the timeout (and less than one and a half times it).
+    /// has waited for a request head, with no request in flight, for more
+    /// than the timeout (and at most one and a half times it).
     pub fn watch(&self, activity: &Arc<Activity>) {
         let watched = Watched {
             activity: Arc::downgrade(activity),
             last_started: activity.started.load(Relaxed),
+            // Not seen waiting yet: it may have begun only just now.
+            was_waiting: false,
             quiet: 0,
         };
         self.watched.push(watched);
@@ -130,11 +136,13 @@ impl Reaper {
             };
             let started = activity.started.load(Relaxed);
             let waiting = started == activity.finished.load(Relaxed);
-            // Waiting at three ticks in a row with no request begun in
-            // between: waiting for at least two periods.
-            if waiting && started == watched.last_started {
+            // Waiting now, and already at the last look with no request
+            // begun since: waiting for this whole period. The wait began
+            // within the period before the first such look, so two of them
+            // mean more than two periods (one timeout), and at most three.
+            if waiting && watched.was_waiting && started == watched.last_started {
                 watched.quiet += 1;
-                if watched.quiet == 3 {
+                if watched.quiet == 2 {
                     activity.expire();
                     continue;
                 }
@@ -142,6 +150,7 @@ impl Reaper {
                 watched.quiet = 0;
             }
             watched.last_started = started;
+            watched.was_waiting = waiting;
             self.watched.push(watched);
         }
     }
@@ -188,5 +197,76 @@ impl Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// How long after `since` the reaper expired `activity`.
+    async fn expired_after(activity: &Activity, since: Instant) -> Duration {
+        activity.expired().await;
+        since.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_expires_after_one_to_one_and_a_half_timeouts_of_waiting() {
+        let reaper = Reaper::new(TIMEOUT);
+        let _reaping = tokio::spawn(reaper.clone().run());
+        let start = Instant::now();
+
+        // Waiting from the start.
+        let idle = Arc::new(Activity::default());
+        reaper.watch(&idle);
+        // A request in flight for ten timeouts, then waiting.
+        let slow = Arc::new(Activity::default());
+        reaper.watch(&slow);
+        let in_flight = slow.begin();
+        // A short request every third of a timeout, for ten timeouts.
+        let busy = Arc::new(Activity::default());
+        reaper.watch(&busy);
+        let busy_until = start + TIMEOUT * 10;
+        let requests = tokio::spawn({
+            let busy = busy.clone();
+            async move {
+                while Instant::now() + TIMEOUT / 3 <= busy_until {
+                    tokio::time::sleep(TIMEOUT / 3).await;
+                    drop(busy.begin());
+                }
+            }
+        });
+
+        let waited = expired_after(&idle, start).await;
+        assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
+
+        requests.await.unwrap();
+        assert_eq!(Instant::now(), busy_until);
+        assert!(!busy.expired.load(SeqCst), "a busy connection expired");
+        assert!(!slow.expired.load(SeqCst), "a request in flight was cut");
+
+        drop(in_flight);
+        let ended = Instant::now();
+        let waited = expired_after(&slow, ended).await;
+        assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
+        let waited = expired_after(&busy, busy_until).await;
+        assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_is_forgotten() {
+        let reaper = Reaper::new(TIMEOUT);
+        let _reaping = tokio::spawn(reaper.clone().run());
+        let closed = Arc::new(Activity::default());
+        reaper.watch(&closed);
+        let kept = Arc::new(Activity::default());
+        reaper.watch(&kept);
+        drop(closed);
+        tokio::time::sleep(TIMEOUT / 2 + Duration::from_millis(1)).await;
+        assert_eq!(reaper.watched.len(), 1);
     }
 }
