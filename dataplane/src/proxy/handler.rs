@@ -406,8 +406,7 @@ impl Dataplane {
             // dispatcher, and each level into the one above), so its size
             // is paid in copies on every request.
             let sent = if upgrade.is_some() || protocol == UpstreamProtocol::H2c {
-                let other =
-                    self.send_other(address, tls, protocol, upgrade.is_some(), upstream_request);
+                let other = self.send_other(address, tls, upgrade.is_some(), upstream_request);
                 match rule.backend_timeout {
                     None => Box::pin(other).await,
                     Some(limit) => Box::pin(tokio::time::timeout(limit, other))
@@ -472,23 +471,19 @@ impl Dataplane {
             ))
         }
     }
-}
 
-impl Dataplane {
     /// The exchanges `forward` keeps out of its own future: a protocol
     /// switch, over a connection of its own, and h2c.
     async fn send_other(
         &self,
         address: SocketAddr,
         tls: Option<&UpstreamTls>,
-        protocol: UpstreamProtocol,
         upgrade: bool,
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if upgrade {
             self.upstream.send_upgrade(address, tls, request).await
         } else {
-            debug_assert_eq!(protocol, UpstreamProtocol::H2c);
             self.upstream.send_h2c(address, tls, request).await
         }
         .map(|response| response.map(UpstreamBody::Hyper))

@@ -199,7 +199,7 @@ impl Connection {
             // The client's body is let go of before the answer is awaited.
             outgoing.body = RequestBody::Empty;
             if early.is_none() && self.read.is_empty() {
-                match self.first_read().await {
+                match self.read_more().await {
                     Ok(()) => {}
                     Err(error) if outgoing.resendable => {
                         return Err(ExchangeError::Unanswered(Box::new(outgoing), error));
@@ -220,12 +220,15 @@ impl Connection {
         self.io.flush().await
     }
 
-    /// Waits for the first bytes of an answer; an error if the connection
-    /// ended, or was reset, before any.
-    async fn first_read(&mut self) -> io::Result<()> {
+    /// Reads more of the response head; an error if the connection ended,
+    /// or was reset, first.
+    async fn read_more(&mut self) -> io::Result<()> {
         self.read.reserve(READ_CHUNK);
         match poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)).await? {
-            0 => Err(closed_unanswered()),
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            )),
             _ => Ok(()),
         }
     }
@@ -263,11 +266,7 @@ impl Connection {
                 }
                 None => {}
             }
-            self.read.reserve(READ_CHUNK);
-            let n = poll_fn(|cx| poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)).await?;
-            if n == 0 {
-                return Err(closed_unanswered());
-            }
+            self.read_more().await?;
         }
     }
 
@@ -311,13 +310,6 @@ impl Connection {
 enum Event {
     Read(io::Result<usize>),
     Frame(Option<Result<Frame<Bytes>, BodyError>>),
-}
-
-fn closed_unanswered() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "connection closed before a response",
-    )
 }
 
 fn invalid(what: &'static str) -> io::Error {
