@@ -106,6 +106,32 @@ async fn exchange_outgoing(
     .expect("exchange timed out")
 }
 
+/// Starts `upstream(replies)` and sends `request` over a new connection to
+/// it; returns the outcome, the pool the connection goes back to, and what
+/// the upstream received.
+async fn send_to(
+    replies: Vec<(usize, Vec<&'static [u8]>, bool)>,
+    request: Request<RequestBody>,
+) -> (
+    Result<http::Response<Http1Body>, ExchangeError>,
+    Arc<Http1Pool>,
+    Received,
+) {
+    let (address, seen) = upstream(replies).await;
+    let pool = Arc::new(Http1Pool::default());
+    let outcome = exchange(connect(address).await, request, &pool).await;
+    (outcome, pool, seen)
+}
+
+/// `send_to` for an exchange that must succeed.
+async fn fetch(
+    replies: Vec<(usize, Vec<&'static [u8]>, bool)>,
+    request: Request<RequestBody>,
+) -> (http::Response<Http1Body>, Arc<Http1Pool>, Received) {
+    let (outcome, pool, seen) = send_to(replies, request).await;
+    (outcome.expect("the exchange failed"), pool, seen)
+}
+
 async fn read_all(body: Http1Body) -> Result<(Bytes, Option<http::HeaderMap>), std::io::Error> {
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();
@@ -115,12 +141,11 @@ async fn read_all(body: Http1Body) -> Result<(Bytes, Option<http::HeaderMap>), s
 #[tokio::test]
 async fn a_content_length_response_is_read_and_its_connection_pooled() {
     let reply: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello";
-    let (address, mut seen) =
-        upstream(vec![(0, vec![reply], false), (0, vec![reply], false)]).await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
+    let (response, pool, mut seen) = fetch(
+        vec![(0, vec![reply], false), (0, vec![reply], false)],
+        get(Method::GET),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-a"], "1");
     let (body, _) = read_all(response.into_body()).await.unwrap();
@@ -144,11 +169,7 @@ async fn a_content_length_response_is_read_and_its_connection_pooled() {
 async fn a_chunked_response_arriving_byte_by_byte_keeps_its_data_and_trailers() {
     let reply: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=\"x\"\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n";
     let pieces: Vec<&'static [u8]> = reply.chunks(1).collect();
-    let (address, _seen) = upstream(vec![(0, pieces, false)]).await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
+    let (response, pool, _) = fetch(vec![(0, pieces, false)], get(Method::GET)).await;
     let (body, trailers) = read_all(response.into_body()).await.unwrap();
     assert_eq!(body, "hello world");
     assert_eq!(trailers.expect("trailers")["x-checksum"], "abc");
@@ -160,16 +181,11 @@ async fn a_chunked_response_arriving_byte_by_byte_keeps_its_data_and_trailers() 
 
 #[tokio::test]
 async fn a_close_delimited_response_is_read_to_the_end_and_not_pooled() {
-    let (address, _seen) = upstream(vec![(
-        0,
-        vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"close"],
-        true,
-    )])
+    let (response, pool, _) = fetch(
+        vec![(0, vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"close"], true)],
+        get(Method::GET),
+    )
     .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
     assert_eq!(
         read_all(response.into_body()).await.unwrap().0,
         "until close"
@@ -179,20 +195,19 @@ async fn a_close_delimited_response_is_read_to_the_end_and_not_pooled() {
 
 #[tokio::test]
 async fn interim_answers_are_passed_over() {
-    let (address, _seen) = upstream(vec![(
-        0,
-        vec![
-            b"HTTP/1.1 100 Continue\r\n\r\n",
-            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\n",
-            b"content-length: 2\r\n\r\nok",
-        ],
-        false,
-    )])
+    let (response, _pool, _) = fetch(
+        vec![(
+            0,
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\n",
+                b"content-length: 2\r\n\r\nok",
+            ],
+            false,
+        )],
+        get(Method::GET),
+    )
     .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(response.headers().get("link").is_none());
     assert_eq!(read_all(response.into_body()).await.unwrap().0, "ok");
@@ -227,13 +242,6 @@ async fn head_and_no_content_answers_have_no_body_whatever_their_length_says() {
 
 #[tokio::test]
 async fn a_request_body_of_known_size_is_framed_by_its_length() {
-    let (address, mut seen) = upstream(vec![(
-        11,
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
-        false,
-    )])
-    .await;
-    let pool = Arc::new(Http1Pool::default());
     let request = Request::post("/upload")
         .header("host", "example.com")
         .body(RequestBody::Buffered(Buffered::new(
@@ -241,9 +249,15 @@ async fn a_request_body_of_known_size_is_framed_by_its_length() {
             None,
         )))
         .unwrap();
-    let response = exchange(connect(address).await, request, &pool)
-        .await
-        .unwrap();
+    let (response, _pool, mut seen) = fetch(
+        vec![(
+            11,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+            false,
+        )],
+        request,
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let request = String::from_utf8(seen.recv().await.unwrap()).unwrap();
     assert!(request.contains("\r\ncontent-length: 11\r\n"), "{request}");
@@ -252,16 +266,15 @@ async fn a_request_body_of_known_size_is_framed_by_its_length() {
 
 #[tokio::test]
 async fn a_post_without_a_body_says_so() {
-    let (address, mut seen) = upstream(vec![(
-        0,
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
-        false,
-    )])
+    let (response, _pool, mut seen) = fetch(
+        vec![(
+            0,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+            false,
+        )],
+        get(Method::POST),
+    )
     .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::POST), &pool)
-        .await
-        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let request = String::from_utf8(seen.recv().await.unwrap()).unwrap();
     assert!(request.contains("\r\ncontent-length: 0\r\n"), "{request}");
@@ -269,16 +282,15 @@ async fn a_post_without_a_body_says_so() {
 
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_taken_from_the_pool() {
-    let (address, _seen) = upstream(vec![(
-        0,
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
-        true,
-    )])
+    let (response, pool, _) = fetch(
+        vec![(
+            0,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            true,
+        )],
+        get(Method::GET),
+    )
     .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
     read_all(response.into_body()).await.unwrap();
     // The upstream closes after its answer; once the close has reached
     // this side, the pooled connection is passed over.
@@ -324,9 +336,7 @@ async fn a_response_with_keep_alive_declined_is_not_pooled() {
 
 /// The exchange's error, or the body's: where a broken response shows.
 async fn failure(reply: Vec<&'static [u8]>) -> String {
-    let (address, _seen) = upstream(vec![(0, reply, true)]).await;
-    let pool = Arc::new(Http1Pool::default());
-    match exchange(connect(address).await, get(Method::GET), &pool).await {
+    match send_to(vec![(0, reply, true)], get(Method::GET)).await.0 {
         Err(ExchangeError::Failed(error)) => format!("exchange: {error}"),
         Err(ExchangeError::Unsent(_, error)) => panic!("unsent: {error}"),
         Err(ExchangeError::Unanswered(_, error)) => format!("unanswered: {error}"),
@@ -413,9 +423,7 @@ async fn broken_responses_are_errors_not_responses() {
 #[tokio::test]
 async fn an_idempotent_request_closed_on_unanswered_comes_back_whole_and_a_post_does_not() {
     // Each upstream reads the request, answers nothing and closes.
-    let (address, _seen) = upstream(vec![(0, vec![], true)]).await;
-    let pool = Arc::new(Http1Pool::default());
-    let unanswered = match exchange(connect(address).await, get(Method::GET), &pool).await {
+    let unanswered = match send_to(vec![(0, vec![], true)], get(Method::GET)).await.0 {
         Err(ExchangeError::Unanswered(unanswered, _)) => unanswered,
         other => panic!("expected the GET back, got {other:?}"),
     };
@@ -425,7 +433,6 @@ async fn an_idempotent_request_closed_on_unanswered_comes_back_whole_and_a_post_
         "the request came back changed"
     );
 
-    let (address, _seen) = upstream(vec![(5, vec![], true)]).await;
     let post = Request::post("/orders")
         .header("host", "example.com")
         .body(RequestBody::Buffered(Buffered::new(
@@ -433,7 +440,7 @@ async fn an_idempotent_request_closed_on_unanswered_comes_back_whole_and_a_post_
             None,
         )))
         .unwrap();
-    match exchange(connect(address).await, post, &pool).await {
+    match send_to(vec![(5, vec![], true)], post).await.0 {
         Err(ExchangeError::Failed(error)) => {
             assert_eq!(error.to_string(), "connection closed before a response");
         }
@@ -496,16 +503,11 @@ async fn a_request_whose_first_write_fails_comes_back_whole_for_another_connecti
 
 #[tokio::test]
 async fn a_response_framed_both_ways_is_read_chunked_and_its_connection_closed() {
-    let (address, _seen) = upstream(vec![(
+    let (response, pool, _) = fetch(vec![(
         0,
         vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
         false,
-    )])
-    .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
+    )], get(Method::GET)).await;
     // Transfer-Encoding overrides Content-Length, which is not forwarded.
     assert!(response.headers().get("content-length").is_none());
     assert_eq!(read_all(response.into_body()).await.unwrap().0, "hello");
@@ -518,16 +520,15 @@ async fn a_response_framed_both_ways_is_read_chunked_and_its_connection_closed()
 #[tokio::test]
 async fn a_large_body_is_read_whole_and_its_connection_pooled_without_the_large_buffer() {
     let body: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
-    let (address, _seen) = upstream(vec![(
-        0,
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n", body],
-        false,
-    )])
+    let (response, pool, _) = fetch(
+        vec![(
+            0,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n", body],
+            false,
+        )],
+        get(Method::GET),
+    )
     .await;
-    let pool = Arc::new(Http1Pool::default());
-    let response = exchange(connect(address).await, get(Method::GET), &pool)
-        .await
-        .unwrap();
     let (read, _) = read_all(response.into_body()).await.unwrap();
     assert_eq!(read.len(), 1 << 20);
     assert!(read.iter().all(|b| *b == b'x'));
