@@ -106,6 +106,17 @@ async fn exchange_outgoing(
     .expect("exchange timed out")
 }
 
+/// A POST with a body of known length, held whole.
+fn post(path: &str, body: &'static [u8]) -> Request<RequestBody> {
+    Request::post(path)
+        .header("host", "example.com")
+        .body(RequestBody::Buffered(Buffered::new(
+            Bytes::from_static(body),
+            None,
+        )))
+        .unwrap()
+}
+
 /// Starts `upstream(replies)` and sends `request` over a new connection to
 /// it; returns the outcome, the pool the connection goes back to, and what
 /// the upstream received.
@@ -242,13 +253,7 @@ async fn head_and_no_content_answers_have_no_body_whatever_their_length_says() {
 
 #[tokio::test]
 async fn a_request_body_of_known_size_is_framed_by_its_length() {
-    let request = Request::post("/upload")
-        .header("host", "example.com")
-        .body(RequestBody::Buffered(Buffered::new(
-            Bytes::from_static(b"hello world"),
-            None,
-        )))
-        .unwrap();
+    let request = post("/upload", b"hello world");
     let (response, _pool, mut seen) = fetch(
         vec![(
             11,
@@ -433,13 +438,7 @@ async fn an_idempotent_request_closed_on_unanswered_comes_back_whole_and_a_post_
         "the request came back changed"
     );
 
-    let post = Request::post("/orders")
-        .header("host", "example.com")
-        .body(RequestBody::Buffered(Buffered::new(
-            Bytes::from_static(b"order"),
-            None,
-        )))
-        .unwrap();
+    let post = post("/orders", b"order");
     match send_to(vec![(5, vec![], true)], post).await.0 {
         Err(ExchangeError::Failed(error)) => {
             assert_eq!(error.to_string(), "connection closed before a response");
@@ -480,13 +479,7 @@ async fn a_request_whose_first_write_fails_comes_back_whole_for_another_connecti
     let doomed = connect(address).await;
     reset.recv().await.unwrap();
     let pool = Arc::new(Http1Pool::default());
-    let request = Request::post("/upload")
-        .header("host", "example.com")
-        .body(RequestBody::Buffered(Buffered::new(
-            Bytes::from_static(b"hello world"),
-            None,
-        )))
-        .unwrap();
+    let request = post("/upload", b"hello world");
     let outgoing = Outgoing::new(request).unwrap();
     let unsent = match doomed.exchange(outgoing, pool.clone()).await {
         Err(ExchangeError::Unsent(unsent, _)) => unsent,
