@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use gatehouse_dataplane::table::{Lookup, RequestView, Table, normalize_host};
+use gatehouse_dataplane::table::{Fields, Lookup, RequestView, Table, normalize_host};
 use gatehouse_snapshot as pb;
 use serde_json::{Value, json};
 
@@ -188,7 +188,7 @@ pub fn explain(snapshots: &BTreeMap<String, Arc<pb::Snapshot>>, question: &Quest
                 method: &question.method,
                 path,
                 query: question.uri.query(),
-                headers: &question.headers,
+                headers: Fields::Map(&question.headers),
             };
             match bound.listener(&host) {
                 Some(listener) => {

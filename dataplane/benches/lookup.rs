@@ -6,7 +6,7 @@
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gatehouse_dataplane::table::{Lookup, PortKey, RequestView, Table};
+use gatehouse_dataplane::table::{Fields, Lookup, PortKey, RequestView, Table};
 use gatehouse_snapshot as pb;
 use http::{HeaderMap, Method};
 
@@ -154,7 +154,7 @@ fn lookups(c: &mut Criterion) {
                 method: &Method::GET,
                 path,
                 query: None,
-                headers: &headers,
+                headers: Fields::Map(&headers),
             };
             group.bench_function(BenchmarkId::new("table", name), |b| {
                 b.iter(|| {

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::filters::{Chain, Local, Passed, RequestFacts};
 use crate::table::{
-    CorsDecision, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, UpstreamTls,
+    CorsDecision, Fields, Found, InFlight, Lookup, Mirror, RequestView, Table, Target, UpstreamTls,
     normalize_host,
 };
 use gatehouse_snapshot::UpstreamProtocol;
@@ -646,7 +646,7 @@ fn find_route<'t>(
         method: request.method(),
         path: request.uri().path(),
         query: request.uri().query(),
-        headers: request.headers(),
+        headers: Fields::Map(request.headers()),
     };
     // A CORS preflight asks on behalf of the request that would follow, so
     // it is answered by the CORS filter of the rule that request would
@@ -787,7 +787,12 @@ fn preflight_method<B>(request: &Request<B>) -> Option<http::Method> {
 /// selects another listener than the SNI name did is answered 421
 /// Misdirected Request (RFC 9110 §15.5.20), so a certificate for one
 /// hostname never fronts another listener's routes.
-fn check_sni(table: &Table, conn: &Connection, sni: &str, host: &str) -> Result<(), ProxyError> {
+pub(super) fn check_sni(
+    table: &Table,
+    conn: &Connection,
+    sni: &str,
+    host: &str,
+) -> Result<(), ProxyError> {
     let Some(port) = table.port(&conn.port) else {
         return Ok(());
     };

@@ -17,7 +17,44 @@ pub struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: Fields<'a>,
+}
+
+/// A request's header fields: parsed into a map, or as the parser found
+/// them in the head (the HTTP/1.1 passthrough, which builds no map).
+#[derive(Debug, Clone, Copy)]
+pub enum Fields<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl Fields<'_> {
+    /// Whether any value of the field `name` (lower case) that is visible
+    /// ASCII satisfies `test`.
+    fn any_value(&self, name: &HeaderName, test: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Self::Map(map) => map
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(test),
+            Self::Raw(fields) => fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case(name.as_str()))
+                .filter_map(|f| visible_ascii(f.value))
+                .any(test),
+        }
+    }
+}
+
+/// The value as text when it is what `HeaderValue::to_str` accepts: tab and
+/// visible ASCII.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 #[derive(Debug)]
@@ -65,12 +102,8 @@ pub struct HeaderMatch {
 
 impl HeaderMatch {
     /// A header sent several times matches when any of its values does.
-    fn matches(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get_all(&self.name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| self.value.matches(v))
+    fn matches(&self, headers: &Fields<'_>) -> bool {
+        headers.any_value(&self.name, |v| self.value.matches(v))
     }
 }
 
@@ -111,7 +144,7 @@ impl RouteMatch {
     pub fn matches(&self, request: &RequestView<'_>) -> bool {
         self.path.matches(request.path)
             && self.method.as_ref().is_none_or(|m| m == request.method)
-            && self.headers.iter().all(|h| h.matches(request.headers))
+            && self.headers.iter().all(|h| h.matches(&request.headers))
             && self.query_params.iter().all(|q| q.matches(request.query))
     }
 }

@@ -35,7 +35,7 @@ pub use gatehouse_snapshot::Snapshot;
 
 use crate::filters::{Chain, Filter};
 pub use host::{HostError, HostPattern, normalize_host};
-pub use matching::{PathMatch, RequestView, RouteMatch};
+pub use matching::{Fields, PathMatch, RequestView, RouteMatch};
 pub use retry::RetryPolicy;
 pub use update::Updated;
 pub use upstream_tls::UpstreamTls;

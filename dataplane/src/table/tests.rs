@@ -107,7 +107,7 @@ fn route_of(table: &Table, req: &Req) -> String {
         method: &req.method,
         path: req.path,
         query: req.query,
-        headers: &req.headers,
+        headers: Fields::Map(&req.headers),
     };
     match table.lookup(&key(), &view) {
         Lookup::Rule(found) => found.rule.route.to_string(),
@@ -305,7 +305,7 @@ fn unknown_port_is_reported() {
         method: &req.method,
         path: req.path,
         query: None,
-        headers: &req.headers,
+        headers: Fields::Map(&req.headers),
     };
     let other = PortKey {
         address: [127, 0, 0, 1].into(),
