@@ -36,6 +36,8 @@ pub struct Activity {
     finished: AtomicU64,
     /// Set by the reaper; `waker` wakes the connection to see it.
     expired: AtomicBool,
+    /// Set when the port stops (`Reaper::close_all`): close once idle.
+    closing: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -65,8 +67,31 @@ impl Activity {
         })
     }
 
+    /// Resolves once the connection should close when it is next idle:
+    /// it waited too long for a request head, or its port is closing. For
+    /// a connection that waits on this only between requests, which costs
+    /// an atomic load and a waker registration rather than a lock.
+    pub fn idle_close(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let told = || self.expired.load(SeqCst) || self.closing.load(SeqCst);
+            if told() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            match told() {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+    }
+
     fn expire(&self) {
         self.expired.store(true, SeqCst);
+        self.waker.wake();
+    }
+
+    fn close(&self) {
+        self.closing.store(true, SeqCst);
         self.waker.wake();
     }
 }
@@ -121,6 +146,17 @@ impl Reaper {
         loop {
             ticks.tick().await;
             self.tick();
+        }
+    }
+
+    /// Tells every watched connection to close once idle (see
+    /// `Activity::idle_close`). The caller has stopped `run` first, so that
+    /// no connection is out of the queue meanwhile.
+    pub fn close_all(&self) {
+        while let Some(watched) = self.watched.pop() {
+            if let Some(activity) = watched.activity.upgrade() {
+                activity.close();
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! except "trailers", Transfer-Encoding, Upgrade). Plus the de-facto
 //! forwarding headers X-Forwarded-For, X-Forwarded-Proto and X-Request-Id.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{io::Write as _, net::IpAddr};
 
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -91,10 +91,18 @@ pub fn add_forwarding(
     }
 }
 
+/// Whether a field value is what `HeaderValue::to_str` takes: tab and
+/// visible ASCII.
+pub(super) fn is_text(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+}
+
 /// "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
 const MAX_IP_LEN: usize = 45;
 
-fn write_ip(buffer: &mut BytesMut, ip: IpAddr) {
+pub(super) fn write_ip(buffer: &mut impl BufMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -104,15 +112,19 @@ fn write_ip(buffer: &mut BytesMut, ip: IpAddr) {
                 write_decimal(buffer, octet);
             }
         }
-        // Rare enough behind a gateway to take the formatter; it writes into
-        // the buffer's reserved space, so it does not allocate.
+        // Rare enough behind a gateway to take the formatter, into a
+        // buffer on the stack.
         IpAddr::V6(v6) => {
-            let _ = write!(buffer, "{v6}");
+            let mut text = [0u8; MAX_IP_LEN];
+            let mut rest = &mut text[..];
+            let _ = write!(rest, "{v6}");
+            let len = MAX_IP_LEN - rest.len();
+            buffer.put_slice(&text[..len]);
         }
     }
 }
 
-fn write_decimal(buffer: &mut BytesMut, n: u8) {
+fn write_decimal(buffer: &mut impl BufMut, n: u8) {
     if n >= 100 {
         buffer.put_u8(b'0' + n / 100);
     }
@@ -122,7 +134,7 @@ fn write_decimal(buffer: &mut BytesMut, n: u8) {
     buffer.put_u8(b'0' + n % 10);
 }
 
-fn write_hex(buffer: &mut BytesMut, id: u128) {
+pub(super) fn write_hex(buffer: &mut impl BufMut, id: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for i in 0..32 {
         buffer.put_u8(HEX[((id >> (124 - 4 * i)) & 0xf) as usize]);

@@ -29,6 +29,7 @@ use tokio::{
 use super::{
     Connection, Dataplane,
     activity::{Activity, CountedBody, Reaper},
+    passthrough::{self, Outcome, Rewind},
     proxy_protocol, tcp,
 };
 use crate::table::PortKey;
@@ -189,8 +190,12 @@ async fn accept_loop(
     }
     drop(listener);
     let _ = closing.send(true);
-    graceful.shutdown().await;
+    // Stopped before it is emptied, so that no connection is out of its
+    // queue, being looked at, meanwhile.
     reaping.abort();
+    let _ = reaping.await;
+    builders.reaper.close_all();
+    graceful.shutdown().await;
 }
 
 /// Serves one connection: over TLS when the port is HTTPS (the current
@@ -254,26 +259,19 @@ async fn serve(
         tls: true,
         sni: session.server_name().map(Arc::from),
     };
-    let activity = Arc::new(Activity::default());
-    let service = counted_service(dataplane, connection, activity.clone());
-    let io = TokioIo::new(stream);
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = if h2 {
+    let result = if h2 {
+        let activity = Arc::new(Activity::default());
+        let service = counted_service(dataplane, connection, activity);
         watcher
-            .watch(builders.http2.serve_connection(io, service))
+            .watch(
+                builders
+                    .http2
+                    .serve_connection(TokioIo::new(stream), service),
+            )
             .await
             .map_err(Into::into)
     } else {
-        let connection = builders.http1.serve_connection(io, service).with_upgrades();
-        until_done(
-            connection,
-            |c| c.graceful_shutdown(),
-            watcher,
-            closing,
-            &builders.reaper,
-            &activity,
-        )
-        .await
-        .map_err(Into::into)
+        serve_http1(stream, dataplane, connection, &builders, watcher, closing).await
     };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "TLS connection ended with an error");
@@ -330,8 +328,6 @@ async fn serve_cleartext(
         tls: false,
         sni: None,
     };
-    let activity = Arc::new(Activity::default());
-    let service = counted_service(dataplane, connection, activity.clone());
     let mut head = [0u8; H2_PREFACE.len()];
     let peeked = tokio::select! {
         peeked = tokio::time::timeout(builders.header_timeout, stream.peek(&mut head)) => match peeked {
@@ -347,44 +343,83 @@ async fn serve_cleartext(
         },
         _ = closing.wait_for(|closing| *closing) => return,
     };
-    let io = TokioIo::new(stream);
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-        if peeked == H2_PREFACE.len() && head == *H2_PREFACE {
-            watcher
-                .watch(builders.http2.serve_connection(io, service))
-                .await
-                .map_err(Into::into)
-        } else if peeked > 0 && H2_PREFACE.starts_with(&head[..peeked]) {
-            // Only part of what may be the preface has arrived; a peek would see
-            // the same bytes again at once, so let the detecting builder read
-            // the rest.
-            let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            until_done(
-                connection,
-                |c| c.graceful_shutdown(),
-                watcher,
-                closing,
-                &builders.reaper,
-                &activity,
-            )
-            .await
-        } else {
-            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            until_done(
-                connection,
-                |c| c.graceful_shutdown(),
-                watcher,
-                closing,
-                &builders.reaper,
-                &activity,
+    let result = if peeked == H2_PREFACE.len() && head == *H2_PREFACE {
+        let activity = Arc::new(Activity::default());
+        let service = counted_service(dataplane, connection, activity);
+        watcher
+            .watch(
+                builders
+                    .http2
+                    .serve_connection(TokioIo::new(stream), service),
             )
             .await
             .map_err(Into::into)
-        };
+    } else if peeked > 0 && H2_PREFACE.starts_with(&head[..peeked]) {
+        // Only part of what may be the preface has arrived; a peek would see
+        // the same bytes again at once, so let the detecting builder read
+        // the rest.
+        let activity = Arc::new(Activity::default());
+        builders.reaper.watch(&activity);
+        let service = counted_service(dataplane, connection, activity.clone());
+        let connection = builders
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        until_done(
+            connection,
+            |c| c.graceful_shutdown(),
+            watcher,
+            closing,
+            &activity,
+        )
+        .await
+    } else {
+        serve_http1(stream, dataplane, connection, &builders, watcher, closing).await
+    };
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "connection ended with an error");
     }
 }
+
+/// An HTTP/1.1 connection: the passthrough serves its requests for as long
+/// as it can, then hyper the rest, from the first request the passthrough
+/// leaves to it (see `passthrough`).
+async fn serve_http1<IO>(
+    io: IO,
+    dataplane: Arc<Dataplane>,
+    connection: Connection,
+    builders: &Builders,
+    watcher: Watcher,
+    closing: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    builders.reaper.watch(&activity);
+    // Registered first, so that a port closing from now on reaches this
+    // connection through the reaper (`Reaper::close_all`).
+    if *closing.borrow() {
+        return Ok(());
+    }
+    let (io, replay) = match passthrough::serve(io, &dataplane, &connection, &activity).await {
+        Outcome::Closed => return Ok(()),
+        Outcome::HandOff(io, replay) => (io, replay),
+    };
+    let service = counted_service(dataplane, connection, activity.clone());
+    let io = TokioIo::new(Rewind::new(replay, io));
+    let connection = builders.http1.serve_connection(io, service).with_upgrades();
+    until_done(
+        connection,
+        |c| c.graceful_shutdown(),
+        watcher,
+        closing,
+        &activity,
+    )
+    .await
+    .map_err(Into::into)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The data plane's service for one connection, counting its requests in
 /// `activity`.
@@ -410,19 +445,18 @@ fn counted_service(
 /// which hyper-util's graceful watcher cannot hold: `closing` starts its
 /// graceful shutdown instead, and holding `watcher` until it ends keeps the
 /// port's shutdown waiting for it all the same. The connection is dropped
-/// (closed) when `reaper` finds it has waited too long for a request head.
+/// (closed) when the port's reaper, which watches `activity`, finds it has
+/// waited too long for a request head.
 async fn until_done<C, E>(
     connection: C,
     shutdown: fn(Pin<&mut C>),
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
-    reaper: &Reaper,
     activity: &Arc<Activity>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    reaper.watch(activity);
     let idle = activity.expired();
     let mut connection = std::pin::pin!(connection);
     // The guard `wait_for` returns must not live across the await below.

@@ -3,11 +3,13 @@
 
 mod activity;
 mod body;
+mod date;
 mod filters;
 mod handler;
 mod headers;
 mod http1_client;
 mod listeners;
+mod passthrough;
 pub mod proxy_protocol;
 mod request_body;
 mod retry;

@@ -30,7 +30,7 @@ use hyper::{
 };
 
 use super::{
-    http1_client::{self, ExchangeError, Http1Body, Outgoing},
+    http1_client::{self, ExchangeError, Http1Body, Outgoing, SendError},
     request_body::RequestBody,
 };
 use crate::table::UpstreamTls;
@@ -231,6 +231,42 @@ impl Upstream {
                     Err(ExchangeError::Failed(error)) => {
                         return Err(UpstreamError::Request(error.to_string()));
                     }
+                }
+            }
+        }
+    }
+
+    /// Sends a bodiless HTTP/1.1 request already encoded as `head` (see
+    /// `passthrough`) over a pooled connection or a new one, with the
+    /// resend rules of `send_http1`; returns the connection once the answer
+    /// has begun, and the pool it goes back to.
+    pub async fn send_head(
+        &self,
+        address: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        head: &[u8],
+        idempotent: bool,
+    ) -> Result<(http1_client::Connection, Arc<Http1Pool>), UpstreamError> {
+        let pool = slot(&self.http1, PoolKey::new(address, tls));
+        let mut resent = false;
+        loop {
+            let pooled = if resent { None } else { pool.checkout() };
+            let (mut connection, reused) = match pooled {
+                Some(connection) => (connection, true),
+                None => (Box::pin(connect_http1(address, tls)).await?, false),
+            };
+            match connection.send_head(head, idempotent).await {
+                Ok(()) => return Ok((connection, pool)),
+                Err(SendError::Unsent(_)) if reused => {}
+                Err(SendError::Unsent(error)) => {
+                    return Err(UpstreamError::Connect(address, error.to_string()));
+                }
+                Err(SendError::Unanswered(error)) if reused => {
+                    tracing::debug!(%address, %error, "resending over a new connection");
+                    resent = true;
+                }
+                Err(SendError::Unanswered(error) | SendError::Failed(error)) => {
+                    return Err(UpstreamError::Request(error.to_string()));
                 }
             }
         }

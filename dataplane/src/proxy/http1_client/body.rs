@@ -228,7 +228,7 @@ impl Body for Http1Body {
     }
 }
 
-fn find_crlf(bytes: &[u8]) -> Option<usize> {
+pub(super) fn find_crlf(bytes: &[u8]) -> Option<usize> {
     bytes.windows(2).position(|w| w == b"\r\n")
 }
 
@@ -237,7 +237,7 @@ fn find_double_crlf(bytes: &[u8]) -> Option<usize> {
 }
 
 /// A chunk-size line: hex digits, then optional extensions (ignored).
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
+pub(super) fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let digits = line
         .split(|b| *b == b';')
         .next()

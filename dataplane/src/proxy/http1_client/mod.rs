@@ -9,7 +9,9 @@
 //! response head, and the response body reads the rest and gives the
 //! connection back to its pool once the message has ended.
 //!
-//! Upgrades and h2c still go through hyper (see `upstream`).
+//! Upgrades and h2c still go through hyper (see `upstream`). The
+//! passthrough's requests use the same connections and pools, with heads
+//! passed on as bytes (see `passthrough`).
 
 use std::{
     future::poll_fn,
@@ -33,6 +35,7 @@ use super::{
 };
 
 mod body;
+mod passthrough;
 mod request;
 mod response;
 #[cfg(test)]
@@ -40,6 +43,7 @@ mod tests;
 
 use body::BodyFraming;
 pub use body::Http1Body;
+pub use passthrough::{RawBody, SendError};
 use request::{BodyWriter, encode_head};
 use response::{Early, Parsed, ResponseHead, early_answer, parse_head, response_framing};
 

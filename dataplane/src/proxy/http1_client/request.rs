@@ -90,7 +90,7 @@ pub(super) fn declared_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
     Ok(found)
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(super) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
