@@ -459,7 +459,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{Dataplane, proxy::test_io::read_until};
+    use crate::proxy::test_io::{proxy_over, proxy_to, read_until};
 
     /// A raw HTTP/1.1 upstream answering each request with `reply`, counting
     /// the connections it accepted.
@@ -490,37 +490,6 @@ mod tests {
             }
         });
         (address, accepted)
-    }
-
-    /// Serves one route to `backend`; returns the proxy's address.
-    async fn proxy_to(backend: std::net::SocketAddr) -> (Arc<Dataplane>, std::net::SocketAddr) {
-        proxy_over(backend, "UPSTREAM_PROTOCOL_HTTP1").await
-    }
-
-    /// Serves one route to `backend`, spoken to in `protocol`.
-    async fn proxy_over(
-        backend: std::net::SocketAddr,
-        protocol: &str,
-    ) -> (Arc<Dataplane>, std::net::SocketAddr) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let json = format!(
-            r#"{{"group":"default","ports":[{{"address":"127.0.0.1","port":8080,"bindPort":{port},
-            "protocol":"PROTOCOL_HTTP","listeners":[{{"origin":{{"kind":"Gateway","namespace":"d",
-            "name":"g","section":"http"}},"hostname":"","hosts":[{{"hostname":"","matches":[{{"path":
-            {{"type":"PATH_MATCH_PATH_PREFIX","value":"/"}},"rule":0}}]}}]}}]}}],"rules":[{{"origin":
-            {{"kind":"HTTPRoute","namespace":"d","name":"r","section":"0"}},"backends":[{{"weight":1,
-            "cluster":0}}]}}],"clusters":[{{"name":"d/b:80","protocol":"{protocol}","endpoints":[{{
-            "address":"127.0.0.1","port":{}}}]}}]}}"#,
-            backend.port()
-        );
-        let dataplane = Dataplane::new();
-        let snapshot = gatehouse_snapshot::decode_any(json.as_bytes()).unwrap();
-        dataplane.apply(snapshot).await.unwrap();
-        (dataplane, ([127, 0, 0, 1], port).into())
     }
 
     /// Sends `count` requests one after the other over one client

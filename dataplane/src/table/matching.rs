@@ -184,6 +184,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn raw_fields_match_as_a_header_map_does() {
+        let head = b"GET / HTTP/1.1\r\nX-Env: prod\r\nx-env: canary\r\nX-Bin: caf\xc3\xa9\r\nX-Tab: a\tb\r\n\r\n";
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut request = httparse::Request::new(&mut fields);
+        request.parse(head).unwrap();
+        let mut map = HeaderMap::new();
+        for field in request.headers.iter() {
+            map.append(
+                HeaderName::from_bytes(field.name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(field.value).unwrap(),
+            );
+        }
+        let cases = [
+            ("x-env", ValueMatch::Exact("prod".into()), true),
+            ("x-env", ValueMatch::Exact("canary".into()), true),
+            ("x-env", ValueMatch::Exact("Prod".into()), false),
+            (
+                "x-env",
+                ValueMatch::Regex(whole_value_regex("can.*").unwrap()),
+                true,
+            ),
+            ("x-tab", ValueMatch::Exact("a\tb".into()), true),
+            // Not visible ASCII: no value to match, in either form.
+            (
+                "x-bin",
+                ValueMatch::Regex(whole_value_regex(".*").unwrap()),
+                false,
+            ),
+            (
+                "x-none",
+                ValueMatch::Regex(whole_value_regex(".*").unwrap()),
+                false,
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let rule = HeaderMatch {
+                name: HeaderName::from_static(name),
+                value,
+            };
+            assert_eq!(
+                rule.matches(&Fields::Raw(request.headers)),
+                expected,
+                "{name}"
+            );
+            assert_eq!(rule.matches(&Fields::Map(&map)), expected, "{name}");
+        }
+    }
+
+    #[test]
     fn prefix_matches_whole_segments() {
         let p = PathMatch::Prefix("/foo".into());
         assert!(p.matches("/foo"));

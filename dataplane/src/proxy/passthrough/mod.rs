@@ -19,18 +19,22 @@
 //! the same statuses; the passthrough is only the cheaper of them.
 
 use std::{
-    io::{self, Write as _},
+    io::Write as _,
     mem::MaybeUninit,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+mod rewind;
+#[cfg(test)]
+mod tests;
+
+pub(super) use rewind::Rewind;
 
 use super::{
     Connection, Dataplane, activity::Activity, date, handler::ProxyError, handler::check_sni,
@@ -510,64 +514,5 @@ fn proxy_error(error: UpstreamError) -> ProxyError {
         UpstreamError::Request(_) => ProxyError::Upstream,
         UpstreamError::Unusable(..) => ProxyError::BackendTls,
         UpstreamError::TimedOut => ProxyError::Timeout,
-    }
-}
-
-/// A connection whose first bytes were already read: it gives them again
-/// before reading on.
-pub(super) struct Rewind<IO> {
-    replay: Bytes,
-    io: IO,
-}
-
-impl<IO> Rewind<IO> {
-    pub(super) fn new(replay: Bytes, io: IO) -> Self {
-        Self { replay, io }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.replay.is_empty() {
-            let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

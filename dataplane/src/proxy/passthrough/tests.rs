@@ -1,0 +1,499 @@
+//! The passthrough with raw clients and a raw upstream, beside hyper's
+//! path for the same requests: a connection whose first request has a body
+//! is handed to hyper, and every request after it goes that way.
+//!
+//! Which path served a request shows in the field names: the passthrough
+//! passes them on as they came ("X-Custom"), hyper's path in lower case.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use crate::proxy::test_io::{proxy_to, read_until};
+
+/// What the upstream answers to a request for each path.
+fn reply(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
+    let path = path.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("HEAD", _) => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"], false),
+        (_, "/length") => (
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\nConnection: x-private\r\n\
+                  X-Private: secret\r\nKeep-Alive: timeout=5\r\n\r\nhello",
+            ],
+            false,
+        ),
+        // In small pieces, split inside the size lines, the data and the
+        // trailer section.
+        (_, "/chunked") => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: Sat, 05 Dec 2026 07:00:00 GMT\r\n\r\n\
+              5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"
+                .chunks(7)
+                .collect(),
+            false,
+        ),
+        (_, "/close") => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"],
+            true,
+        ),
+        (_, "/no-content") => (vec![b"HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n"], false),
+        (_, "/interim") => (
+            vec![
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            false,
+        ),
+        _ => (vec![b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"], false),
+    }
+}
+
+/// An upstream answering as `reply` says; sends each request it gets
+/// (head and body) and counts its connections.
+async fn upstream() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<String>,
+    Arc<AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                while let Some(end) = read_until(&mut stream, &mut buffer, b"\r\n\r\n").await {
+                    let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
+                    let length = content_length(&head);
+                    while buffer.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "request body cut short");
+                        buffer.extend_from_slice(&chunk[..n]);
+                    }
+                    let request: Vec<u8> = buffer.drain(..end + length).collect();
+                    seen_tx.send(String::from_utf8(request).unwrap()).unwrap();
+                    let mut line = head.split(' ');
+                    let (method, path) = (line.next().unwrap(), line.next().unwrap());
+                    let (pieces, close) = reply(method, path);
+                    for piece in pieces {
+                        stream.write_all(piece).await.unwrap();
+                        stream.flush().await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen, connections)
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.trim().parse().unwrap())
+}
+
+/// One response as the client read it.
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    /// (lower-case name, value), in order.
+    fields: Vec<(String, String)>,
+    /// As received, with any chunked framing.
+    raw_body: Vec<u8>,
+    body: Vec<u8>,
+    trailers: Vec<String>,
+}
+
+impl Reply {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// What both paths must agree on: the status, the fields but those
+    /// that carry the framing and the Date's value, and the body.
+    fn semantics(&self) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut fields: Vec<(String, String)> = self
+            .fields
+            .iter()
+            .filter(|(n, _)| n != "transfer-encoding" && n != "connection")
+            .map(|(n, v)| match n.as_str() {
+                "date" => (n.clone(), "<date>".into()),
+                _ => (n.clone(), v.clone()),
+            })
+            .collect();
+        fields.sort();
+        (self.status, fields, self.body.clone())
+    }
+}
+
+/// A raw client connection; `buffer` holds what was read past the last
+/// response.
+struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(proxy: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(proxy).await.unwrap(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// A connection the first request of which, with a body, has handed
+    /// to hyper.
+    async fn handed_to_hyper(
+        proxy: SocketAddr,
+        seen: &mut mpsc::UnboundedReceiver<String>,
+    ) -> Self {
+        let mut client = Self::connect(proxy).await;
+        client.send(&post_with_body()).await;
+        assert_eq!(client.read_reply(false).await.status, 200);
+        let received = seen.recv().await.unwrap();
+        assert!(received.ends_with("\r\n\r\nabc"), "{received}");
+        client
+    }
+
+    async fn send(&mut self, request: &str) {
+        self.stream.write_all(request.as_bytes()).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("no answer")
+            .unwrap_or(0);
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn read_reply(&mut self, head_only: bool) -> Reply {
+        let (status, fields, head_len) = loop {
+            let mut parsed = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut parsed);
+            if let httparse::Status::Complete(len) = response.parse(&self.buffer).unwrap() {
+                let fields = response
+                    .headers
+                    .iter()
+                    .map(|f| {
+                        let value = String::from_utf8(f.value.to_vec()).unwrap();
+                        (f.name.to_ascii_lowercase(), value)
+                    })
+                    .collect::<Vec<_>>();
+                break (response.code.unwrap(), fields, len);
+            }
+            assert!(self.fill().await, "closed before a response head");
+        };
+        self.buffer.drain(..head_len);
+        let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let mut reply = Reply {
+            status,
+            raw_body: Vec::new(),
+            body: Vec::new(),
+            trailers: Vec::new(),
+            fields: fields.clone(),
+        };
+        if head_only || status == 204 || status == 304 || status < 200 {
+            return reply;
+        }
+        if field("transfer-encoding").is_some() {
+            self.read_chunked(&mut reply).await;
+        } else if let Some(length) = field("content-length") {
+            let length: usize = length.parse().unwrap();
+            while self.buffer.len() < length {
+                assert!(self.fill().await, "closed mid-body");
+            }
+            reply.body = self.buffer.drain(..length).collect();
+            reply.raw_body = reply.body.clone();
+        } else {
+            while self.fill().await {}
+            reply.body = std::mem::take(&mut self.buffer);
+            reply.raw_body = reply.body.clone();
+        }
+        reply
+    }
+
+    async fn read_line(&mut self, raw: &mut Vec<u8>) -> String {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                raw.extend_from_slice(&line);
+                return String::from_utf8(line[..end].to_vec()).unwrap();
+            }
+            assert!(self.fill().await, "closed mid-body");
+        }
+    }
+
+    async fn read_chunked(&mut self, reply: &mut Reply) {
+        loop {
+            let line = self.read_line(&mut reply.raw_body).await;
+            let size = usize::from_str_radix(line.split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            while self.buffer.len() < size + 2 {
+                assert!(self.fill().await, "closed mid-body");
+            }
+            let data: Vec<u8> = self.buffer.drain(..size + 2).collect();
+            reply.raw_body.extend_from_slice(&data);
+            reply.body.extend_from_slice(&data[..size]);
+        }
+        loop {
+            let line = self.read_line(&mut reply.raw_body).await;
+            if line.is_empty() {
+                return;
+            }
+            reply.trailers.push(line);
+        }
+    }
+
+    /// Whether the proxy closed the connection (with nothing more sent).
+    async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buffer.is_empty()
+    }
+}
+
+fn request(method: &str, path: &str, fields: &[&str]) -> String {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: svc.example:8080\r\n");
+    for field in fields {
+        request.push_str(field);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
+
+fn post_with_body() -> String {
+    "POST /length HTTP/1.1\r\nHost: svc.example\r\nContent-Length: 3\r\n\r\nabc".into()
+}
+
+/// A request head as the upstream got it, comparable across the paths:
+/// names in lower case, the generated request id masked, fields sorted.
+fn comparable(head: &str) -> (String, Vec<String>) {
+    let mut lines = head.trim_end().split("\r\n");
+    let request_line = lines.next().unwrap().to_owned();
+    let mut fields: Vec<String> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            let name = name.to_ascii_lowercase();
+            let value = value.trim();
+            match name.as_str() {
+                "x-request-id" if value.len() == 32 => format!("{name}: <id>"),
+                _ => format!("{name}: {value}"),
+            }
+        })
+        .collect();
+    fields.sort();
+    (request_line, fields)
+}
+
+const FIELDS: &[&str] = &[
+    "X-Custom: Kept",
+    "Connection: keep-alive",
+    "Keep-Alive: timeout=5",
+    "Proxy-Connection: keep-alive",
+    "Trailer: x-sum",
+    "X-Forwarded-For: 203.0.113.9",
+    "X-Forwarded-Proto: ftp",
+];
+
+#[tokio::test]
+async fn the_passthrough_and_hypers_path_send_and_answer_the_same() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let cases = [
+        ("GET", "/length?q=1&r=%20"),
+        ("GET", "/chunked"),
+        ("HEAD", "/length"),
+        ("GET", "/no-content"),
+        ("GET", "/interim"),
+        ("DELETE", "/length"),
+        ("POST", "/length"),
+        ("GET", "/close"),
+    ];
+    for (method, path) in cases {
+        let case = format!("{method} {path}");
+        let head_only = method == "HEAD";
+        let request = request(method, path, FIELDS);
+        let mut passthrough = Client::connect(proxy).await;
+        passthrough.send(&request).await;
+        let passed = passthrough.read_reply(head_only).await;
+        let passed_upstream = seen.recv().await.unwrap();
+        let mut hyper = Client::handed_to_hyper(proxy, &mut seen).await;
+        hyper.send(&request).await;
+        let through_hyper = hyper.read_reply(head_only).await;
+        let hyper_upstream = seen.recv().await.unwrap();
+
+        assert!(
+            passed_upstream.contains("\r\nX-Custom: Kept\r\n"),
+            "{case}: {passed_upstream}"
+        );
+        assert!(
+            hyper_upstream.contains("\r\nx-custom: Kept\r\n"),
+            "{case}: {hyper_upstream}"
+        );
+        assert_eq!(
+            comparable(&passed_upstream),
+            comparable(&hyper_upstream),
+            "{case}"
+        );
+        let (request_line, fields) = comparable(&passed_upstream);
+        assert_eq!(request_line, format!("{method} {path} HTTP/1.1"));
+        for expected in [
+            "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-request-id: <id>",
+            "host: svc.example:8080",
+        ] {
+            assert!(fields.iter().any(|f| f == expected), "{case}: {fields:?}");
+        }
+        for gone in ["connection", "keep-alive", "proxy-connection", "trailer"] {
+            assert!(
+                !fields.iter().any(|f| f.starts_with(&format!("{gone}:"))),
+                "{case}: {fields:?}"
+            );
+        }
+        assert_eq!(passed.semantics(), through_hyper.semantics(), "{case}");
+        assert!(passed.field("date").is_some(), "{case}");
+        for gone in ["x-private", "keep-alive"] {
+            assert!(passed.field(gone).is_none(), "{case}: {passed:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_response_passes_through_as_sent_and_its_connection_is_reused() {
+    let (backend, mut seen, connections) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    for _ in 0..2 {
+        client.send(&request("GET", "/chunked", &[])).await;
+        let reply = client.read_reply(false).await;
+        seen.recv().await.unwrap();
+        assert_eq!(reply.field("transfer-encoding"), Some("chunked"));
+        assert_eq!(
+            reply.raw_body,
+            b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"
+        );
+        assert_eq!(reply.body, b"hello world");
+        assert_eq!(reply.trailers, ["X-Sum: 11"]);
+        assert_eq!(reply.field("date"), Some("Sat, 05 Dec 2026 07:00:00 GMT"));
+    }
+    assert_eq!(connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_a_hand_off() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    let pipelined = [
+        request("GET", "/length", &["X-Order: 1"]),
+        request("GET", "/interim", &["X-Order: 2"]),
+        post_with_body(),
+        request("GET", "/length", &["X-Order: 4"]),
+    ]
+    .concat();
+    client.send(&pipelined).await;
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(String::from_utf8(client.read_reply(false).await.body).unwrap());
+    }
+    assert_eq!(bodies, ["hello", "ok", "hello", "hello"]);
+    let heads: Vec<String> = [(); 4].map(|()| seen.try_recv().unwrap()).into();
+    assert!(heads[0].contains("X-Order: 1"), "{}", heads[0]);
+    assert!(heads[1].contains("X-Order: 2"), "{}", heads[1]);
+    assert!(heads[2].ends_with("abc"), "{}", heads[2]);
+    // After the hand-off, hyper's path: field names in lower case.
+    assert!(heads[3].contains("x-order: 4"), "{}", heads[3]);
+}
+
+#[tokio::test]
+async fn a_response_that_ends_with_its_connection_ends_the_clients() {
+    let (backend, _seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    client.send(&request("GET", "/close", &[])).await;
+    let reply = client.read_reply(false).await;
+    assert_eq!(reply.field("connection"), Some("close"));
+    assert_eq!(reply.body, b"until the end");
+    assert!(client.buffer.is_empty() && client.closed().await);
+}
+
+#[tokio::test]
+async fn a_client_asking_to_close_is_answered_then_closed() {
+    let (backend, _seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    client
+        .send(&request("GET", "/length", &["Connection: close"]))
+        .await;
+    let reply = client.read_reply(false).await;
+    assert_eq!(reply.body, b"hello");
+    assert_eq!(reply.field("connection"), Some("close"));
+    assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_answered_as_on_hypers_path_and_the_connection_kept() {
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let (_dataplane, proxy) = proxy_to(unreachable).await;
+    let mut passthrough = Client::connect(proxy).await;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        passthrough.send(&request("GET", "/", &[])).await;
+        answers.push(passthrough.read_reply(false).await);
+    }
+    // hyper's path, on a connection whose first request has a body.
+    let mut hyper = Client::connect(proxy).await;
+    hyper.send(&post_with_body()).await;
+    answers.push(hyper.read_reply(false).await);
+    for answer in &answers {
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.body, b"connect");
+        assert_eq!(answer.field("content-type"), Some("text/plain"));
+    }
+    assert_eq!(answers[0].semantics(), answers[2].semantics());
+}
+
+#[tokio::test]
+async fn shutdown_closes_an_idle_connection_the_passthrough_serves() {
+    let (backend, _seen, _) = upstream().await;
+    let (dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    client.send(&request("GET", "/length", &[])).await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    tokio::time::timeout(Duration::from_secs(10), dataplane.shutdown())
+        .await
+        .expect("shutdown waited on an idle connection");
+    assert!(client.closed().await);
+}
