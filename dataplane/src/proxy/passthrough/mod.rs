@@ -117,9 +117,12 @@ where
                 write_all(&mut io, &out).await
             }
             Step::Forward(forward) => {
-                let address = forward.address;
+                let address = forward.to.address;
+                // Counted until the response has been passed on, as on the
+                // other path, where the response body holds it.
+                let _in_flight = forward.in_flight;
                 // The request head is in `out`; the response head replaces it.
-                let exchange = exchange(dataplane, forward, &mut out, plan.head_only, close);
+                let exchange = exchange(dataplane, &forward.to, &mut out, plan.head_only, close);
                 let exchanged = match plan.backend_timeout {
                     None => exchange.await,
                     Some(limit) => tokio::time::timeout(limit, exchange)
@@ -175,10 +178,15 @@ enum Step {
 
 /// The chosen endpoint of a request whose upstream head is encoded.
 struct Forward {
+    to: Destination,
+    in_flight: InFlight,
+}
+
+/// Where and how the upstream head goes.
+struct Destination {
     address: SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
     idempotent: bool,
-    _in_flight: InFlight,
 }
 
 enum Planned {
@@ -296,13 +304,15 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
     };
     encode_upstream_head(out, &method, target, request.headers, &seen, conn);
     plan(Step::Forward(Forward {
-        address: endpoint.address,
-        tls: cluster.tls_for(found.route_match.backend_identity).cloned(),
-        idempotent: matches!(
-            method,
-            Method::GET | Method::HEAD | Method::TRACE | Method::PUT | Method::DELETE
-        ),
-        _in_flight: endpoint.begin(),
+        to: Destination {
+            address: endpoint.address,
+            tls: cluster.tls_for(found.route_match.backend_identity).cloned(),
+            idempotent: matches!(
+                method,
+                Method::GET | Method::HEAD | Method::TRACE | Method::PUT | Method::DELETE
+            ),
+        },
+        in_flight: endpoint.begin(),
     }))
 }
 
@@ -426,19 +436,14 @@ struct Response {
 /// Sends the request head in `out` and puts the response head there.
 async fn exchange(
     dataplane: &Dataplane,
-    forward: Forward,
+    to: &Destination,
     out: &mut Vec<u8>,
     head_only: bool,
     close: bool,
 ) -> Result<Response, UpstreamError> {
     let (connection, pool) = dataplane
         .upstream
-        .send_head(
-            forward.address,
-            forward.tls.as_deref(),
-            out,
-            forward.idempotent,
-        )
+        .send_head(to.address, to.tls.as_deref(), out, to.idempotent)
         .await?;
     out.clear();
     let (status, body) = connection

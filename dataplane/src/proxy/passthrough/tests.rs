@@ -47,6 +47,11 @@ fn reply(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
             vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"],
             true,
         ),
+        // The rest of its body waits for `RELEASE`.
+        (_, "/slow") => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", b"world"],
+            false,
+        ),
         (_, "/no-content") => (vec![b"HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n"], false),
         (_, "/interim") => (
             vec![
@@ -91,7 +96,10 @@ async fn upstream() -> (
                     let mut line = head.split(' ');
                     let (method, path) = (line.next().unwrap(), line.next().unwrap());
                     let (pieces, close) = reply(method, path);
-                    for piece in pieces {
+                    for (i, piece) in pieces.into_iter().enumerate() {
+                        if path == "/slow" && i == 1 {
+                            RELEASE.notified().await;
+                        }
                         stream.write_all(piece).await.unwrap();
                         stream.flush().await.unwrap();
                         tokio::task::yield_now().await;
@@ -105,6 +113,9 @@ async fn upstream() -> (
     });
     (address, seen, connections)
 }
+
+/// Lets the upstream send the rest of "/slow".
+static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 fn content_length(head: &str) -> usize {
     head.lines()
@@ -496,4 +507,31 @@ async fn shutdown_closes_an_idle_connection_the_passthrough_serves() {
         .await
         .expect("shutdown waited on an idle connection");
     assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn an_endpoint_counts_a_request_in_flight_until_its_body_has_been_passed_on() {
+    let (backend, _seen, _) = upstream().await;
+    let (dataplane, proxy) = proxy_to(backend).await;
+    let in_flight = || {
+        let table = dataplane.table();
+        table.clusters()[0].endpoints[0]
+            .in_flight
+            .load(Ordering::Relaxed)
+    };
+    let mut client = Client::connect(proxy).await;
+    client.send(&request("GET", "/slow", &[])).await;
+    while !client.buffer.ends_with(b"hello") {
+        assert!(client.fill().await, "closed mid-response");
+    }
+    assert_eq!(in_flight(), 1);
+    RELEASE.notify_one();
+    client.buffer.clear();
+    client.send(&request("GET", "/length", &[])).await;
+    // The second response comes after the first's body has ended.
+    while !client.buffer.ends_with(b"hello") {
+        assert!(client.fill().await, "closed mid-response");
+    }
+    assert!(client.buffer.starts_with(b"world"));
+    assert_eq!(in_flight(), 0);
 }
