@@ -48,7 +48,7 @@ use gatehouse_snapshot::UpstreamProtocol;
 
 /// Most header fields a request head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
-/// Longest request head the passthrough waits for; a longer one goes to
+/// Longest request head the passthrough serves; a longer one goes to
 /// hyper, which has its own limit and answer.
 const MAX_HEAD: usize = 16 * 1024;
 /// Reserved before each read of a request head.
@@ -61,7 +61,8 @@ const COALESCE: usize = 16 * 1024;
 pub(super) enum Outcome<IO> {
     Closed,
     /// A request the passthrough does not serve: hyper serves it, and the
-    /// rest of the connection, replaying `buffered` first.
+    /// rest of the connection, replaying these bytes (read, not served)
+    /// first.
     HandOff(IO, Bytes),
 }
 
@@ -78,19 +79,24 @@ where
 {
     let mut read = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
+    // Whether what was read since the last parse could complete a head: a
+    // head ends with a line feed, so a client trickling one byte at a time
+    // gets a parse per line, not per byte.
+    let mut may_be_complete = false;
     loop {
         let plan = loop {
-            if !read.is_empty() {
+            if may_be_complete {
                 out.clear();
                 // The table serving when the head is complete: an idle
                 // connection sees the swaps made while it waited.
                 match plan(&dataplane.table.load(), conn, &read, &mut out) {
                     Planned::Ready(plan) => break plan,
-                    Planned::Partial if read.len() < MAX_HEAD => {}
-                    Planned::Partial | Planned::HandOff => {
-                        return Outcome::HandOff(io, read.freeze());
-                    }
+                    Planned::Partial => {}
+                    Planned::HandOff => return Outcome::HandOff(io, read.freeze()),
                 }
+            }
+            if read.len() >= MAX_HEAD {
+                return Outcome::HandOff(io, read.freeze());
             }
             read.reserve(READ_CHUNK);
             // Told to close while waiting for a head: idle too long, or
@@ -102,7 +108,7 @@ where
             };
             match more {
                 Ok(0) | Err(_) => return Outcome::Closed,
-                Ok(_) => {}
+                Ok(n) => may_be_complete = read[read.len() - n..].contains(&b'\n'),
             }
         };
         read.advance(plan.head_len);
@@ -133,6 +139,8 @@ where
                     Ok(response) => {
                         plan.stats
                             .record(response.status.as_u16(), started.elapsed());
+                        // A body that ends with its upstream connection
+                        // ends the client's too.
                         let ends = response.body.close_delimited();
                         match pass_on(&mut io, &mut out, response).await {
                             Ok(()) if ends => Err(()),
@@ -154,6 +162,8 @@ where
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
+        // A pipelined request may have come with this one.
+        may_be_complete = !read.is_empty();
     }
 }
 
@@ -220,8 +230,9 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
         read,
         &mut fields,
     ) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) => return Planned::Partial,
+        Ok(httparse::Status::Complete(_)) => return Planned::HandOff,
         Err(_) => return Planned::HandOff,
     };
     let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)

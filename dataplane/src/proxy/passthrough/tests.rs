@@ -535,3 +535,24 @@ async fn an_endpoint_counts_a_request_in_flight_until_its_body_has_been_passed_o
     assert!(client.buffer.starts_with(b"world"));
     assert_eq!(in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_served_and_a_long_one_goes_to_hyper() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    client.stream.set_nodelay(true).unwrap();
+    for byte in request("GET", "/length", &["X-Slow: Yes"]).bytes() {
+        client.stream.write_all(&[byte]).await.unwrap();
+    }
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    let received = seen.recv().await.unwrap();
+    assert!(received.contains("\r\nX-Slow: Yes\r\n"), "{received}");
+
+    // Past the passthrough's 16 KiB, within hyper's limit.
+    let long = format!("X-Long: {}", "a".repeat(20 * 1024));
+    client.send(&request("GET", "/length", &[&long])).await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    let received = seen.recv().await.unwrap();
+    assert!(received.contains("\r\nx-long: aaa"), "went to hyper");
+}
