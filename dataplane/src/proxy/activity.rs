@@ -103,6 +103,8 @@ impl Activity {
 pub struct Reaper {
     timeout: Duration,
     watched: SegQueue<Watched>,
+    /// The port is closing: every look tells its connection so too.
+    closing: AtomicBool,
 }
 
 struct Watched {
@@ -120,6 +122,7 @@ impl Reaper {
         Arc::new(Self {
             timeout,
             watched: SegQueue::new(),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -150,12 +153,18 @@ impl Reaper {
     }
 
     /// Tells every watched connection to close once idle (see
-    /// `Activity::idle_close`). The caller has stopped `run` first, so that
-    /// no connection is out of the queue meanwhile.
+    /// `Activity::idle_close`); they stay watched, so that one slow to send
+    /// its head still expires. A connection a look of `run` holds out of the
+    /// queue meanwhile is told at the next look.
     pub fn close_all(&self) {
-        while let Some(watched) = self.watched.pop() {
+        self.closing.store(true, SeqCst);
+        for _ in 0..self.watched.len() {
+            let Some(watched) = self.watched.pop() else {
+                break;
+            };
             if let Some(activity) = watched.activity.upgrade() {
                 activity.close();
+                self.watched.push(watched);
             }
         }
     }
@@ -170,6 +179,9 @@ impl Reaper {
             let Some(activity) = watched.activity.upgrade() else {
                 continue;
             };
+            if self.closing.load(SeqCst) {
+                activity.close();
+            }
             let started = activity.started.load(Relaxed);
             let waiting = started == activity.finished.load(Relaxed);
             // Waiting now, and already at the last look with no request
@@ -290,6 +302,27 @@ mod tests {
         let waited = expired_after(&slow, ended).await;
         assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
         let waited = expired_after(&busy, busy_until).await;
+        assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_port_tells_every_connection_and_still_expires_them() {
+        let reaper = Reaper::new(TIMEOUT);
+        let _reaping = tokio::spawn(reaper.clone().run());
+        let start = Instant::now();
+        let watched = Arc::new(Activity::default());
+        reaper.watch(&watched);
+        reaper.close_all();
+        watched.idle_close().await;
+        assert_eq!(Instant::now(), start, "told at once");
+        // A connection that registers after the port closed is told at the
+        // reaper's next look.
+        let late = Arc::new(Activity::default());
+        reaper.watch(&late);
+        late.idle_close().await;
+        assert!(Instant::now() - start <= TIMEOUT / 2);
+        // Still watched: one that never sends a head expires all the same.
+        let waited = expired_after(&watched, start).await;
         assert!(waited > TIMEOUT && waited <= TIMEOUT * 3 / 2, "{waited:?}");
     }
 

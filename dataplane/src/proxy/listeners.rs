@@ -190,12 +190,11 @@ async fn accept_loop(
     }
     drop(listener);
     let _ = closing.send(true);
-    // Stopped before it is emptied, so that no connection is out of its
-    // queue, being looked at, meanwhile.
-    reaping.abort();
-    let _ = reaping.await;
     builders.reaper.close_all();
+    // The reaper runs on while connections drain: one trickling its head
+    // would otherwise hold the shutdown.
     graceful.shutdown().await;
+    reaping.abort();
 }
 
 /// Serves one connection: over TLS when the port is HTTPS (the current
