@@ -1,18 +1,20 @@
 //! HTTP/1.1 requests for plain rules, passed through as bytes.
 //!
-//! Most requests a gateway sees are bodiless requests for rules with
-//! nothing between client and backend but the proxying itself. For those,
+//! Most requests a gateway sees are bodiless or small requests for rules
+//! with nothing between client and backend but the proxying itself. For
+//! those,
 //! hyper's server and our client parse each head into a header map and
 //! encode it again on the other side: under callgrind that was half of the
 //! data plane's instructions per request. Here the request head is parsed
 //! in place, routed on its raw fields, and written upstream as its own
-//! bytes less the hop-by-hop fields and plus the forwarding ones; the
+//! bytes less the hop-by-hop fields and plus the forwarding ones, with its
+//! body (up to 16 KiB, by Content-Length) in the same write; the
 //! response head comes back the same way (see `http1_client::passthrough`)
 //! and its body is copied in its own framing.
 //!
 //! Anything else goes to hyper, which then serves the rest of the
 //! connection from that request on (the bytes already read are replayed):
-//! a request with a body or an upgrade, HTTP/1.0, an absolute-form or
+//! a chunked or longer body, an upgrade, HTTP/1.0, an absolute-form or
 //! unusual target, a rule with filters, timeouts or retries, a route miss,
 //! and every head that fails to parse. The two paths send the same bytes
 //! upstream, forward the same fields and answer the same failures with
@@ -51,6 +53,9 @@ const MAX_HEADERS: usize = 100;
 /// Longest request head the passthrough serves; a longer one goes to
 /// hyper, which has its own limit and answer.
 const MAX_HEAD: usize = 16 * 1024;
+/// Longest request body the passthrough serves, sent upstream with its
+/// head in one write; a longer one, streamed, goes to hyper.
+const MAX_BODY: usize = 16 * 1024;
 /// Reserved before each read of a request head.
 const READ_CHUNK: usize = 4 * 1024;
 /// A response whose head and first body bytes fit in this goes to the
@@ -79,23 +84,24 @@ where
 {
     let mut read = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
-    // Whether what was read since the last parse could complete a head: a
-    // head ends with a line feed, so a client trickling one byte at a time
-    // gets a parse per line, not per byte.
+    // What the request waits for, and whether it may have come: a head
+    // ends with a line feed, so a client trickling one byte at a time gets
+    // a parse per line, not per byte.
+    let mut awaited = Awaited::LineFeed;
     let mut may_be_complete = false;
     loop {
         let plan = loop {
             if may_be_complete {
                 out.clear();
-                // The table serving when the head is complete: an idle
+                // The table serving when the request is complete: an idle
                 // connection sees the swaps made while it waited.
                 match plan(&dataplane.table.load(), conn, &read, &mut out) {
                     Planned::Ready(plan) => break plan,
-                    Planned::Partial => {}
+                    Planned::Partial(more) => awaited = more,
                     Planned::HandOff => return Outcome::HandOff(io, read.freeze()),
                 }
             }
-            if read.len() >= MAX_HEAD {
+            if awaited == Awaited::LineFeed && read.len() >= MAX_HEAD {
                 return Outcome::HandOff(io, read.freeze());
             }
             read.reserve(READ_CHUNK);
@@ -108,10 +114,16 @@ where
             };
             match more {
                 Ok(0) | Err(_) => return Outcome::Closed,
-                Ok(n) => may_be_complete = read[read.len() - n..].contains(&b'\n'),
+                Ok(n) => {
+                    may_be_complete = match awaited {
+                        Awaited::LineFeed => read[read.len() - n..].contains(&b'\n'),
+                        Awaited::Length(length) => read.len() >= length,
+                    }
+                }
             }
         };
-        read.advance(plan.head_len);
+        awaited = Awaited::LineFeed;
+        read.advance(plan.len);
         let _finish = activity.begin();
         let started = Instant::now();
         let close = plan.close;
@@ -170,7 +182,8 @@ where
 /// What a parsed request head asks of the passthrough. It owns what it
 /// needs of the table, which may be swapped while the request runs.
 struct Plan {
-    head_len: usize,
+    /// Bytes of the request, head and body.
+    len: usize,
     stats: Arc<RouteStats>,
     /// `timeouts.backendRequest`.
     backend_timeout: Option<Duration>,
@@ -201,9 +214,17 @@ struct Destination {
 
 enum Planned {
     Ready(Plan),
-    /// The head has not all arrived.
-    Partial,
+    /// The request has not all arrived.
+    Partial(Awaited),
     HandOff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// The rest of the head.
+    LineFeed,
+    /// The rest of the body: the request is this long.
+    Length(usize),
 }
 
 /// What the request fields tell the passthrough, from one pass over them.
@@ -211,11 +232,11 @@ enum Planned {
 struct Seen<'h> {
     host: Option<&'h [u8]>,
     hosts: usize,
-    content_length: bool,
+    content_length: Option<usize>,
     close: bool,
     request_id: bool,
-    /// A field the passthrough leaves to hyper: a body, an upgrade, an
-    /// expectation, connection options, gRPC.
+    /// A field the passthrough leaves to hyper: a chunked or long body, an
+    /// upgrade, an expectation, connection options, gRPC.
     unsupported: bool,
 }
 
@@ -231,7 +252,7 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
         &mut fields,
     ) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-        Ok(httparse::Status::Partial) => return Planned::Partial,
+        Ok(httparse::Status::Partial) => return Planned::Partial(Awaited::LineFeed),
         Ok(httparse::Status::Complete(_)) => return Planned::HandOff,
         Err(_) => return Planned::HandOff,
     };
@@ -250,6 +271,11 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
     if seen.unsupported || seen.hosts != 1 || table.strips_claim_headers() {
         return Planned::HandOff;
     }
+    // The body, if any, goes upstream with the head, in one write.
+    let body_len = seen.content_length.unwrap_or(0);
+    let Some(body) = read.get(head_len..head_len + body_len) else {
+        return Planned::Partial(Awaited::Length(head_len + body_len));
+    };
     let Some(authority) = seen.host.filter(|h| is_plain_authority(h)) else {
         return Planned::HandOff;
     };
@@ -292,7 +318,7 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
     }
     let plan = |step| {
         Planned::Ready(Plan {
-            head_len,
+            len: head_len + body_len,
             stats: rule.stats.clone(),
             backend_timeout: rule.backend_timeout,
             step,
@@ -314,6 +340,7 @@ fn plan(table: &Table, conn: &Connection, read: &[u8], out: &mut Vec<u8>) -> Pla
         return plan(Step::Answer(ProxyError::NoEndpoints));
     };
     encode_upstream_head(out, &method, target, request.headers, &seen, conn);
+    out.extend_from_slice(body);
     plan(Step::Forward(Forward {
         to: Destination {
             address: endpoint.address,
@@ -335,9 +362,11 @@ fn look_at<'h>(fields: &[httparse::Header<'h>]) -> Seen<'h> {
             seen.host = Some(field.value);
             seen.hosts += 1;
         } else if name.eq_ignore_ascii_case("content-length") {
-            // A body, or a second length, is hyper's.
-            seen.unsupported |= seen.content_length || field.value != b"0";
-            seen.content_length = true;
+            // A second length, or a body too long to send with its head,
+            // is hyper's.
+            let length = parse_length(field.value).filter(|l| *l <= MAX_BODY);
+            seen.unsupported |= seen.content_length.is_some() || length.is_none();
+            seen.content_length = length;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in field.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -358,6 +387,19 @@ fn look_at<'h>(fields: &[httparse::Header<'h>]) -> Seen<'h> {
         }
     }
     seen
+}
+
+/// A Content-Length value of plain digits, as hyper's parser takes it
+/// (a list of lengths is hyper's).
+fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 9 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0, |n, digit| n * 10 + usize::from(digit - b'0')),
+    )
 }
 
 /// An origin-form target of RFC 3986 path and query characters only; any
@@ -432,7 +474,9 @@ fn encode_upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     // RFC 9110 §8.6, as the other path's encoder says it.
-    if !seen.content_length && matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+    if seen.content_length.is_none()
+        && matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+    {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");

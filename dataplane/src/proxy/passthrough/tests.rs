@@ -176,17 +176,19 @@ impl Client {
         }
     }
 
-    /// A connection the first request of which, with a body, has handed
-    /// to hyper.
+    /// A connection the first request of which has handed to hyper.
     async fn handed_to_hyper(
         proxy: SocketAddr,
         seen: &mut mpsc::UnboundedReceiver<String>,
     ) -> Self {
         let mut client = Self::connect(proxy).await;
-        client.send(&post_with_body()).await;
+        client.send(HAND_OFF).await;
         assert_eq!(client.read_reply(false).await.status, 200);
         let received = seen.recv().await.unwrap();
-        assert!(received.ends_with("\r\n\r\nabc"), "{received}");
+        assert!(
+            received.starts_with("GET /length HTTP/1.1\r\n"),
+            "{received}"
+        );
         client
     }
 
@@ -300,14 +302,20 @@ fn request(method: &str, path: &str, fields: &[&str]) -> String {
     request
 }
 
-fn post_with_body() -> String {
-    "POST /length HTTP/1.1\r\nHost: svc.example\r\nContent-Length: 3\r\n\r\nabc".into()
+/// A request the passthrough leaves to hyper: an absolute-form target.
+const HAND_OFF: &str = "GET http://svc.example/length HTTP/1.1\r\nHost: svc.example\r\n\r\n";
+
+fn with_body(method: &str, path: &str, fields: &[&str], body: &str) -> String {
+    let length = format!("Content-Length: {}", body.len());
+    let fields: Vec<&str> = fields.iter().copied().chain([length.as_str()]).collect();
+    request(method, path, &fields) + body
 }
 
-/// A request head as the upstream got it, comparable across the paths:
-/// names in lower case, the generated request id masked, fields sorted.
-fn comparable(head: &str) -> (String, Vec<String>) {
-    let mut lines = head.trim_end().split("\r\n");
+/// A request as the upstream got it, comparable across the paths: names
+/// in lower case, the generated request id masked, fields sorted.
+fn comparable(request: &str) -> (String, Vec<String>, String) {
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap().to_owned();
     let mut fields: Vec<String> = lines
         .map(|line| {
@@ -321,7 +329,7 @@ fn comparable(head: &str) -> (String, Vec<String>) {
         })
         .collect();
     fields.sort();
-    (request_line, fields)
+    (request_line, fields, body.to_owned())
 }
 
 const FIELDS: &[&str] = &[
@@ -339,19 +347,24 @@ async fn the_passthrough_and_hypers_path_send_and_answer_the_same() {
     let (backend, mut seen, _) = upstream().await;
     let (_dataplane, proxy) = proxy_to(backend).await;
     let cases = [
-        ("GET", "/length?q=1&r=%20"),
-        ("GET", "/chunked"),
-        ("HEAD", "/length"),
-        ("GET", "/no-content"),
-        ("GET", "/interim"),
-        ("DELETE", "/length"),
-        ("POST", "/length"),
-        ("GET", "/close"),
+        ("GET", "/length?q=1&r=%20", None),
+        ("GET", "/chunked", None),
+        ("HEAD", "/length", None),
+        ("GET", "/no-content", None),
+        ("GET", "/interim", None),
+        ("DELETE", "/length", None),
+        ("POST", "/length", None),
+        ("POST", "/length", Some("{\"a\": 1}")),
+        ("PUT", "/length", Some("")),
+        ("GET", "/close", None),
     ];
-    for (method, path) in cases {
-        let case = format!("{method} {path}");
+    for (method, path, body) in cases {
+        let case = format!("{method} {path} {body:?}");
         let head_only = method == "HEAD";
-        let request = request(method, path, FIELDS);
+        let request = match body {
+            None => request(method, path, FIELDS),
+            Some(body) => with_body(method, path, FIELDS, body),
+        };
         let mut passthrough = Client::connect(proxy).await;
         passthrough.send(&request).await;
         let passed = passthrough.read_reply(head_only).await;
@@ -374,7 +387,8 @@ async fn the_passthrough_and_hypers_path_send_and_answer_the_same() {
             comparable(&hyper_upstream),
             "{case}"
         );
-        let (request_line, fields) = comparable(&passed_upstream);
+        let (request_line, fields, sent_body) = comparable(&passed_upstream);
+        assert_eq!(sent_body, body.unwrap_or_default(), "{case}");
         assert_eq!(request_line, format!("{method} {path} HTTP/1.1"));
         for expected in [
             "x-forwarded-for: 203.0.113.9, 127.0.0.1",
@@ -426,8 +440,8 @@ async fn pipelined_requests_are_answered_in_order_across_a_hand_off() {
     let mut client = Client::connect(proxy).await;
     let pipelined = [
         request("GET", "/length", &["X-Order: 1"]),
-        request("GET", "/interim", &["X-Order: 2"]),
-        post_with_body(),
+        with_body("POST", "/interim", &["X-Order: 2"], "abc"),
+        HAND_OFF.into(),
         request("GET", "/length", &["X-Order: 4"]),
     ]
     .concat();
@@ -440,7 +454,8 @@ async fn pipelined_requests_are_answered_in_order_across_a_hand_off() {
     let heads: Vec<String> = [(); 4].map(|()| seen.try_recv().unwrap()).into();
     assert!(heads[0].contains("X-Order: 1"), "{}", heads[0]);
     assert!(heads[1].contains("X-Order: 2"), "{}", heads[1]);
-    assert!(heads[2].ends_with("abc"), "{}", heads[2]);
+    assert!(heads[1].ends_with("\r\n\r\nabc"), "{}", heads[1]);
+    assert!(heads[2].starts_with("GET /length "), "{}", heads[2]);
     // After the hand-off, hyper's path: field names in lower case.
     assert!(heads[3].contains("x-order: 4"), "{}", heads[3]);
 }
@@ -484,9 +499,9 @@ async fn an_unreachable_upstream_is_answered_as_on_hypers_path_and_the_connectio
         passthrough.send(&request("GET", "/", &[])).await;
         answers.push(passthrough.read_reply(false).await);
     }
-    // hyper's path, on a connection whose first request has a body.
+    // hyper's path.
     let mut hyper = Client::connect(proxy).await;
-    hyper.send(&post_with_body()).await;
+    hyper.send(HAND_OFF).await;
     answers.push(hyper.read_reply(false).await);
     for answer in &answers {
         assert_eq!(answer.status, 502);
@@ -555,4 +570,31 @@ async fn a_head_sent_a_byte_at_a_time_is_served_and_a_long_one_goes_to_hyper() {
     assert_eq!(client.read_reply(false).await.body, b"hello");
     let received = seen.recv().await.unwrap();
     assert!(received.contains("\r\nx-long: aaa"), "went to hyper");
+}
+
+#[tokio::test]
+async fn a_body_goes_with_its_head_and_a_long_one_goes_to_hyper() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    // The head first, the body a moment later: the passthrough waits for it.
+    let request = with_body("POST", "/length", &["X-Body: Late"], "later");
+    let (head, body) = request.split_at(request.len() - 5);
+    client.send(head).await;
+    tokio::task::yield_now().await;
+    client.send(body).await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    let received = seen.recv().await.unwrap();
+    assert!(received.contains("\r\nX-Body: Late\r\n"), "{received}");
+    assert!(received.ends_with("\r\n\r\nlater"), "{received}");
+
+    // Past the 16 KiB the passthrough sends with a head.
+    let long = "b".repeat(16 * 1024 + 1);
+    client
+        .send(&with_body("POST", "/length", &["X-Body: Long"], &long))
+        .await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    let received = seen.recv().await.unwrap();
+    assert!(received.contains("\r\nx-body: Long\r\n"), "went to hyper");
+    assert!(received.ends_with(&long));
 }
