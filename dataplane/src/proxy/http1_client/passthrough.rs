@@ -14,8 +14,9 @@ use tokio_util::io::poll_read_buf;
 use super::{
     Connection, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_READ, READ_CHUNK,
     body::{BodyFraming, ChunkState, chunk_size, find_crlf},
-    invalid, invalid_owned,
+    invalid,
     request::parse_decimal,
+    response::{InPlace, parse_in_place},
 };
 use crate::proxy::upstream::Http1Pool;
 
@@ -125,26 +126,14 @@ fn forward_head(
     close: bool,
 ) -> io::Result<Option<Head>> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut response,
-        read,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-        Ok(httparse::Status::Partial) if read.len() <= MAX_HEAD => return Ok(None),
-        Ok(_) => return Err(invalid("response head too large")),
-        Err(error) => return Err(invalid_owned(format!("bad response head: {error}"))),
-    };
-    let code = response.code.unwrap_or(0);
-    if (100..=199).contains(&code) {
-        if code == 101 {
-            return Err(invalid("101 Switching Protocols without an upgrade"));
+    let (len, status, response) = match parse_in_place(read, &mut fields)? {
+        None => return Ok(None),
+        Some(InPlace::Interim(len)) => {
+            read.advance(len);
+            return Ok(Some(Head::Interim));
         }
-        read.advance(len);
-        return Ok(Some(Head::Interim));
-    }
-    let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
+        Some(InPlace::Final(len, status, response)) => (len, status, response),
+    };
     let mut seen = Framing::default();
     for field in response.headers.iter() {
         let name = field.name;

@@ -56,29 +56,52 @@ fn partial_is_final(read: &[u8]) -> bool {
     read.get(9).is_some_and(|digit| *digit != b'1')
 }
 
-/// Parses one response head at the front of `read`, consuming it.
-pub(super) fn parse_head(read: &mut BytesMut) -> io::Result<Option<Parsed>> {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+/// A response head parsed in place.
+pub(super) enum InPlace<'h, 'b> {
+    /// A 1xx answer other than 101, this long.
+    Interim(usize),
+    /// The final head, this long.
+    Final(usize, StatusCode, httparse::Response<'h, 'b>),
+}
+
+/// Parses the response head at the front of `read` into `fields`; `None`
+/// until it is complete.
+pub(super) fn parse_in_place<'h, 'b>(
+    read: &'b [u8],
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> io::Result<Option<InPlace<'h, 'b>>> {
     let mut response = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
         read,
-        &mut fields,
+        fields,
     ) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) if read.len() <= MAX_HEAD => return Ok(None),
         Ok(_) => return Err(invalid("response head too large")),
         Err(error) => return Err(invalid_owned(format!("bad response head: {error}"))),
     };
-    let code = response.code.unwrap_or(0);
-    if (100..=199).contains(&code) {
-        if code == 101 {
-            return Err(invalid("101 Switching Protocols without an upgrade"));
+    match response.code.unwrap_or(0) {
+        101 => Err(invalid("101 Switching Protocols without an upgrade")),
+        100..=199 => Ok(Some(InPlace::Interim(len))),
+        code => {
+            let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
+            Ok(Some(InPlace::Final(len, status, response)))
         }
-        read.advance(len);
-        return Ok(Some(Parsed::Interim));
     }
-    let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
+}
+
+/// Parses one response head at the front of `read`, consuming it.
+pub(super) fn parse_head(read: &mut BytesMut) -> io::Result<Option<Parsed>> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let (len, status, response) = match parse_in_place(read, &mut fields)? {
+        None => return Ok(None),
+        Some(InPlace::Interim(len)) => {
+            read.advance(len);
+            return Ok(Some(Parsed::Interim));
+        }
+        Some(InPlace::Final(len, status, response)) => (len, status, response),
+    };
     let http10 = response.version == Some(0);
     // Offsets into the head, so that the values can share its buffer.
     let base = read.as_ptr() as usize;
