@@ -141,11 +141,23 @@ where
                 let _in_flight = forward.in_flight;
                 // The request head is in `out`; the response head replaces it.
                 let exchange = exchange(dataplane, &forward.to, &mut out, plan.head_only, close);
-                let exchanged = match plan.backend_timeout {
-                    None => exchange.await,
-                    Some(limit) => tokio::time::timeout(limit, exchange)
-                        .await
-                        .unwrap_or(Err(UpstreamError::TimedOut)),
+                let timed = async {
+                    match plan.backend_timeout {
+                        None => exchange.await,
+                        Some(limit) => tokio::time::timeout(limit, exchange)
+                            .await
+                            .unwrap_or(Err(UpstreamError::TimedOut)),
+                    }
+                };
+                // A client that goes away cancels its upstream request,
+                // which closes that upstream connection.
+                let exchanged = tokio::select! {
+                    biased;
+                    exchanged = timed => exchanged,
+                    () = until_gone(&mut io, &mut read) => {
+                        tracing::debug!(%address, "client gone; upstream request cancelled");
+                        return Outcome::Closed;
+                    }
                 };
                 match exchanged {
                     Ok(response) => {
@@ -177,6 +189,23 @@ where
         // A pipelined request may have come with this one.
         may_be_complete = !read.is_empty();
     }
+}
+
+/// Resolves when the client closes the connection (or it fails) while
+/// its request is out; what it sends meanwhile (pipelined requests) is
+/// kept in `read`, up to one request's worth.
+async fn until_gone<IO>(io: &mut IO, read: &mut BytesMut)
+where
+    IO: AsyncRead + Unpin,
+{
+    while read.len() < MAX_HEAD + MAX_BODY {
+        read.reserve(READ_CHUNK);
+        match io.read_buf(read).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 /// What a parsed request head asks of the passthrough. It owns what it

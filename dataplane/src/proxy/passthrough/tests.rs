@@ -95,6 +95,12 @@ async fn upstream() -> (
                     seen_tx.send(String::from_utf8(request).unwrap()).unwrap();
                     let mut line = head.split(' ');
                     let (method, path) = (line.next().unwrap(), line.next().unwrap());
+                    if path == "/hang" {
+                        // No answer: tells when the proxy lets go.
+                        while stream.read(&mut [0u8; 64]).await.is_ok_and(|n| n > 0) {}
+                        seen_tx.send("<closed>".into()).unwrap();
+                        return;
+                    }
                     let (pieces, close) = reply(method, path);
                     for (i, piece) in pieces.into_iter().enumerate() {
                         if path == "/slow" && i == 1 {
@@ -597,4 +603,26 @@ async fn a_body_goes_with_its_head_and_a_long_one_goes_to_hyper() {
     let received = seen.recv().await.unwrap();
     assert!(received.contains("\r\nx-body: Long\r\n"), "went to hyper");
     assert!(received.ends_with(&long));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_upstream_request_on_both_paths() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    for hand_off in [false, true] {
+        let mut client = match hand_off {
+            false => Client::connect(proxy).await,
+            true => Client::handed_to_hyper(proxy, &mut seen).await,
+        };
+        client.send(&request("GET", "/hang", &[])).await;
+        let received = seen.recv().await.unwrap();
+        assert!(received.starts_with("GET /hang "), "{received}");
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+        assert_eq!(
+            closed.expect("upstream connection kept").as_deref(),
+            Some("<closed>"),
+            "hand-off: {hand_off}"
+        );
+    }
 }
