@@ -32,6 +32,16 @@ pub async fn proxy_to(backend: SocketAddr) -> (Arc<Dataplane>, SocketAddr) {
 
 /// Serves one route to `backend`, spoken to in `protocol`.
 pub async fn proxy_over(backend: SocketAddr, protocol: &str) -> (Arc<Dataplane>, SocketAddr) {
+    proxy_with(backend, protocol, "").await
+}
+
+/// Serves one route to `backend`, spoken to in `protocol`, its rule with
+/// the snapshot fields `rule_fields` (JSON, each followed by a comma).
+pub async fn proxy_with(
+    backend: SocketAddr,
+    protocol: &str,
+    rule_fields: &str,
+) -> (Arc<Dataplane>, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,7 +52,7 @@ pub async fn proxy_over(backend: SocketAddr, protocol: &str) -> (Arc<Dataplane>,
         "protocol":"PROTOCOL_HTTP","listeners":[{{"origin":{{"kind":"Gateway","namespace":"d",
         "name":"g","section":"http"}},"hostname":"","hosts":[{{"hostname":"","matches":[{{"path":
         {{"type":"PATH_MATCH_PATH_PREFIX","value":"/"}},"rule":0}}]}}]}}]}}],"rules":[{{"origin":
-        {{"kind":"HTTPRoute","namespace":"d","name":"r","section":"0"}},"backends":[{{"weight":1,
+        {{"kind":"HTTPRoute","namespace":"d","name":"r","section":"0"}},{rule_fields}"backends":[{{"weight":1,
         "cluster":0}}]}}],"clusters":[{{"name":"d/b:80","protocol":"{protocol}","endpoints":[{{
         "address":"127.0.0.1","port":{}}}]}}]}}"#,
         backend.port()

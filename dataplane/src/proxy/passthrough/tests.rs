@@ -20,7 +20,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::proxy::test_io::{proxy_to, read_until};
+use crate::proxy::test_io::{proxy_to, proxy_with, read_until};
 
 /// What the upstream answers to a request for each path.
 fn reply(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
@@ -625,4 +625,39 @@ async fn a_client_that_goes_away_cancels_its_upstream_request_on_both_paths() {
             "hand-off: {hand_off}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_backend_request_timeout_is_answered_504_on_both_paths() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_with(
+        backend,
+        "UPSTREAM_PROTOCOL_HTTP1",
+        r#""backendRequestTimeoutMs":200,"#,
+    )
+    .await;
+    let mut answers = Vec::new();
+    for hand_off in [false, true] {
+        let mut client = match hand_off {
+            false => Client::connect(proxy).await,
+            true => Client::handed_to_hyper(proxy, &mut seen).await,
+        };
+        client
+            .send(&request("GET", "/hang", &["X-Path: Which"]))
+            .await;
+        let answer = client.read_reply(false).await;
+        let received = seen.recv().await.unwrap();
+        let expected = if hand_off {
+            "x-path: Which"
+        } else {
+            "X-Path: Which"
+        };
+        assert!(received.contains(expected), "{received}");
+        // The timed-out request's upstream connection is closed.
+        assert_eq!(seen.recv().await.as_deref(), Some("<closed>"));
+        assert_eq!(answer.status, 504, "hand-off: {hand_off}");
+        assert_eq!(answer.body, b"timeout");
+        answers.push(answer.semantics());
+    }
+    assert_eq!(answers[0], answers[1]);
 }
