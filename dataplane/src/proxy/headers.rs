@@ -93,7 +93,7 @@ pub fn add_forwarding(
 
 /// Whether a field value is what `HeaderValue::to_str` takes: tab and
 /// visible ASCII.
-pub(super) fn is_text(value: &[u8]) -> bool {
+pub(in crate::proxy) fn is_text(value: &[u8]) -> bool {
     value
         .iter()
         .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))

@@ -18,7 +18,7 @@ use super::{
     request::parse_decimal,
     response::{InPlace, parse_in_place},
 };
-use crate::proxy::upstream::Http1Pool;
+use crate::proxy::{headers::is_text, upstream::Http1Pool};
 
 /// Why a passthrough request got no response head.
 #[derive(Debug)]
@@ -108,14 +108,10 @@ struct Framing<'h> {
     transfer_encoding: bool,
     length: Option<u64>,
     date: bool,
-    /// Fields Connection names, which go no further than this hop.
-    listed: [&'h str; MAX_LISTED],
-    listed_count: usize,
+    /// Fields Connection names, which go no further than this hop (empty,
+    /// so not allocated, for nearly every response).
+    listed: Vec<&'h [u8]>,
 }
-
-/// Connection options one response may name; a response naming more is
-/// refused rather than forwarded with some of them.
-const MAX_LISTED: usize = 8;
 
 /// Parses one response head at the front of `read`; a final one is
 /// appended to `out` and consumed.
@@ -138,20 +134,17 @@ fn forward_head(
     for field in response.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("connection") {
+            // As the other path: a value that is not text still says
+            // close or keep-alive, but names no field to drop.
+            let text = is_text(field.value);
             for token in field.value.split(|b| *b == b',') {
-                let token = std::str::from_utf8(token.trim_ascii())
-                    .map_err(|_| invalid("bad Connection value"))?;
-                if token.eq_ignore_ascii_case("close") {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
                     seen.close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     seen.keep_alive = true;
-                } else if !token.is_empty() {
-                    let slot = seen
-                        .listed
-                        .get_mut(seen.listed_count)
-                        .ok_or_else(|| invalid("too many Connection options"))?;
-                    *slot = token;
-                    seen.listed_count += 1;
+                } else if text && !token.is_empty() {
+                    seen.listed.push(token);
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -199,14 +192,16 @@ fn forward_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let listed = &seen.listed[..seen.listed_count];
     for field in response.headers.iter() {
         let name = field.name;
         // Transfer-Encoding stays: the body goes on in the framing it
         // names. Content-Length beside it must not (§6.3.3).
         let dropped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || (seen.transfer_encoding && name.eq_ignore_ascii_case("content-length"))
-            || listed.iter().any(|l| name.eq_ignore_ascii_case(l));
+            || seen
+                .listed
+                .iter()
+                .any(|l| name.as_bytes().eq_ignore_ascii_case(l));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
