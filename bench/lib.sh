@@ -270,6 +270,12 @@ cpu_ticks() {
     echo "$total"
 }
 
+# One CPU's busy and total clock ticks since boot, from /proc/stat (idle and
+# iowait count as not busy).
+core_ticks() {
+    awk -v cpu="cpu$1" '$1 == cpu { total = 0; for (i = 2; i <= NF; i++) total += $i; print total - $5 - $6, total }' /proc/stat
+}
+
 # utime and stime, in clock ticks, summed over the given processes.
 cpu_user_sys() {
     local user=0 sys=0 stat fields

@@ -22,7 +22,10 @@
 # sanity check that every target asked the same work of it. "Proxy busy" is
 # the proxy's CPU time over the run's duration: well under 100% means the
 # proxy was not what limited requests/s (the load side on CPU 1, or other work
-# on the machine, was).
+# on the machine, was). "Load core busy" is CPU 1's busy share over the run,
+# from /proc/stat: at 100% the load generator and the upstream could go no
+# faster, so requests/s measured them rather than the proxy, and no proxy
+# could pass the direct connection's requests/s.
 #
 # `--repeat N` runs N rounds, each target once per round, interleaved so that
 # background load drifting over time hits every target alike; each target's
@@ -84,21 +87,24 @@ clk_tck=$(getconf CLK_TCK)
 start_upstream
 
 # Figures by "target round", read back through `fig`.
-declare -A rps p50 p99 cpu_us busy up_cpu_us errors
+declare -A rps p50 p99 cpu_us busy up_cpu_us errors load_busy
 
 # Warm-up, then the measured run with CPU readings around it.
 # shellcheck disable=SC2034 # the tables are read through `fig`'s nameref
 measure() {
     local name=$1 url=$2 key="$1 $3" before=0 after=0 up_before up_after report=$tmp/$1.$3.wrk requests
+    local core_before core_after
     local -a procs=()
     if [[ $name != direct ]]; then mapfile -t procs < <(proxy_processes); fi
 
     wrk_run "$warmup" "$connections" "$url" "$tmp/$name.$3.warmup"
 
     up_before=$(cpu_ticks "$echo_pid")
+    core_before=$(core_ticks "$load_cpu")
     if ((${#procs[@]})); then before=$(cpu_ticks "${procs[@]}"); fi
     wrk_run "$duration" "$connections" "$url" "$report" --latency
     if ((${#procs[@]})); then after=$(cpu_ticks "${procs[@]}"); fi
+    core_after=$(core_ticks "$load_cpu")
     up_after=$(cpu_ticks "$echo_pid")
     check_alive "${procs[@]}"
 
@@ -108,6 +114,10 @@ measure() {
     p99[$key]=$(wrk_percentile_us "$report" 99%)
     errors[$key]=$(wrk_errors "$report")
     up_cpu_us[$key]=$(ratio $(((up_after - up_before) * 1000000 / clk_tck)) "$requests" 1)
+    local busy_before total_before busy_after total_after
+    read -r busy_before total_before <<<"$core_before"
+    read -r busy_after total_after <<<"$core_after"
+    load_busy[$key]=$(ratio $(((busy_after - busy_before) * 100)) $((total_after - total_before)) 0)
     if ((${#procs[@]})); then
         cpu_us[$key]=$(ratio $(((after - before) * 1000000 / clk_tck)) "$requests" 1)
         busy[$key]=$(ratio $(((after - before) * 100)) $((duration * clk_tck)) 0)
@@ -115,7 +125,7 @@ measure() {
         cpu_us[$key]="-"
         busy[$key]="-"
     fi
-    echo "round $3, $name: ${rps[$key]} req/s, p50 ${p50[$key]} us, p99 ${p99[$key]} us, proxy CPU ${cpu_us[$key]} us/req, errors ${errors[$key]}" >&2
+    echo "round $3, $name: ${rps[$key]} req/s, p50 ${p50[$key]} us, p99 ${p99[$key]} us, proxy CPU ${cpu_us[$key]} us/req, proxy busy ${busy[$key]}%, load core busy ${load_busy[$key]}%, errors ${errors[$key]}" >&2
 }
 
 for ((round = 1; round <= repeat; round++)); do
@@ -145,11 +155,11 @@ report() {
     echo "# $(machine_line); load average before the run $load_before"
     echo "# wrk -t1 -c$connections -d${duration}s --latency after ${warmup}s warm-up, $repeat round(s); proxy on CPU $proxy_cpu, wrk and upstream on CPU $load_cpu"
     echo
-    echo "| target | requests/s | p50 (µs) | p99 (µs) | proxy CPU (µs/req) | proxy busy (% of a CPU) | upstream CPU (µs/req) | errors | requests/s over rounds |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | requests/s | p50 (µs) | p99 (µs) | proxy CPU (µs/req) | proxy busy (% of a CPU) | load core busy (%) | upstream CPU (µs/req) | errors | requests/s over rounds |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in direct nginx gatehouse; do
         wants "$t" || continue
-        echo "| $t | $(fig rps "$t") | $(fig p50 "$t") | $(fig p99 "$t") | $(fig cpu_us "$t") | $(fig busy "$t") | $(fig up_cpu_us "$t") | $(fig errors "$t") | ${range[$t]} |"
+        echo "| $t | $(fig rps "$t") | $(fig p50 "$t") | $(fig p99 "$t") | $(fig cpu_us "$t") | $(fig busy "$t") | $(fig load_busy "$t") | $(fig up_cpu_us "$t") | $(fig errors "$t") | ${range[$t]} |"
     done
     if wants gatehouse; then
         echo
