@@ -86,7 +86,7 @@ where
     let mut out = Vec::with_capacity(READ_CHUNK);
     // What the request waits for, and whether it may have come: a head
     // ends with a line feed, so a client trickling one byte at a time gets
-    // a parse per line, not per byte.
+    // a parse per line, not per byte (and one for its first bytes).
     let mut awaited = Awaited::LineFeed;
     let mut may_be_complete = false;
     loop {
@@ -116,7 +116,12 @@ where
                 Ok(0) | Err(_) => return Outcome::Closed,
                 Ok(n) => {
                     may_be_complete = match awaited {
-                        Awaited::LineFeed => read[read.len() - n..].contains(&b'\n'),
+                        // The first bytes of a request are parsed at once,
+                        // so that what is no HTTP (a TLS hello, say) gets
+                        // its answer without waiting for a line feed.
+                        Awaited::LineFeed => {
+                            read.len() == n || read[read.len() - n..].contains(&b'\n')
+                        }
                         Awaited::Length(length) => read.len() >= length,
                     }
                 }

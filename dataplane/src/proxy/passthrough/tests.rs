@@ -669,3 +669,50 @@ async fn a_backend_request_timeout_is_answered_504_on_both_paths() {
     }
     assert_eq!(answers[0], answers[1]);
 }
+
+#[tokio::test]
+async fn malformed_and_ambiguous_requests_get_a_4xx_or_a_close_and_nothing_reaches_the_upstream() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let hostile: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\nNo Colon Here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: bad\x00value\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded: value\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
+    ];
+    for request in hostile {
+        let mut client = Client::connect(proxy).await;
+        client.stream.write_all(request).await.unwrap();
+        // The proxy closes the connection, or answers a 4xx (and may keep
+        // a connection whose framing was sound).
+        let shown = String::from_utf8_lossy(request);
+        let answered = loop {
+            if client.buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break true;
+            }
+            if !client.fill().await {
+                break false;
+            }
+        };
+        if answered {
+            let reply = client.read_reply(false).await;
+            assert!((400..500).contains(&reply.status), "{shown:?}: {reply:?}");
+        }
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "a hostile request reached the upstream"
+    );
+    // And the proxy still serves.
+    let mut client = Client::connect(proxy).await;
+    client.send(&request("GET", "/length", &[])).await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+}
