@@ -85,6 +85,11 @@ impl Activity {
         })
     }
 
+    /// Whether the port has told this connection to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(SeqCst)
+    }
+
     fn expire(&self) {
         self.expired.store(true, SeqCst);
         self.waker.wake();

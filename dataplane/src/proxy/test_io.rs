@@ -42,6 +42,16 @@ pub async fn proxy_with(
     protocol: &str,
     rule_fields: &str,
 ) -> (Arc<Dataplane>, SocketAddr) {
+    proxy_with_options(backend, protocol, rule_fields, crate::Options::default()).await
+}
+
+/// As `proxy_with`, the data plane run with `options`.
+pub async fn proxy_with_options(
+    backend: SocketAddr,
+    protocol: &str,
+    rule_fields: &str,
+    options: crate::Options,
+) -> (Arc<Dataplane>, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -57,7 +67,7 @@ pub async fn proxy_with(
         "address":"127.0.0.1","port":{}}}]}}]}}"#,
         backend.port()
     );
-    let dataplane = Dataplane::new();
+    let dataplane = Dataplane::with_options(options);
     let snapshot = gatehouse_snapshot::decode_any(json.as_bytes()).unwrap();
     dataplane.apply(snapshot).await.unwrap();
     (dataplane, ([127, 0, 0, 1], port).into())

@@ -77,6 +77,7 @@ impl Connection {
                         read_size: READ_CHUNK,
                         scanned: 0,
                         close_delimited: framing == BodyFraming::Close,
+                        trailers: (0, 0),
                     };
                     return Ok((status, body));
                 }
@@ -107,6 +108,10 @@ struct Framing<'h> {
     chunked: bool,
     transfer_encoding: bool,
     length: Option<u64>,
+    /// Why the Content-Length fields make no length: an error only when
+    /// the body is framed by them (as on the other path, which looks at
+    /// them only then).
+    bad_length: Option<&'static str>,
     date: bool,
     /// Fields Connection names, which go no further than this hop (empty,
     /// so not allocated, for nearly every response).
@@ -156,12 +161,14 @@ fn forward_head(
                 .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("content-length") {
             for item in field.value.split(|b| *b == b',') {
-                let length = parse_decimal(item.trim_ascii())
-                    .ok_or_else(|| invalid("bad Content-Length"))?;
-                if seen.length.is_some_and(|l| l != length) {
-                    return Err(invalid("conflicting Content-Length values"));
+                let length = parse_decimal(item.trim_ascii()).ok_or("bad Content-Length");
+                match length {
+                    Ok(length) if seen.length.is_some_and(|l| l != length) => {
+                        seen.bad_length = Some("conflicting Content-Length values");
+                    }
+                    Ok(length) => seen.length = Some(length),
+                    Err(why) => seen.bad_length = Some(why),
                 }
-                seen.length = Some(length);
             }
         } else if name.eq_ignore_ascii_case("date") {
             seen.date = true;
@@ -178,6 +185,8 @@ fn forward_head(
                 false => BodyFraming::Close,
             };
             (framing, seen.length.is_none())
+        } else if let Some(why) = seen.bad_length {
+            return Err(invalid(why));
         } else {
             match seen.length {
                 Some(length) => (BodyFraming::Length(length), true),
@@ -195,13 +204,18 @@ fn forward_head(
     for field in response.headers.iter() {
         let name = field.name;
         // Transfer-Encoding stays: the body goes on in the framing it
-        // names. Content-Length beside it must not (§6.3.3).
+        // names. Content-Length beside it must not (§6.3.3). Neither goes
+        // for being named by Connection: the client needs the framing the
+        // body keeps (the other path frames the body anew).
+        let framing_field = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding");
         let dropped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || (seen.transfer_encoding && name.eq_ignore_ascii_case("content-length"))
-            || seen
-                .listed
-                .iter()
-                .any(|l| name.as_bytes().eq_ignore_ascii_case(l));
+            || (!framing_field
+                && seen
+                    .listed
+                    .iter()
+                    .any(|l| name.as_bytes().eq_ignore_ascii_case(l)));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -252,6 +266,8 @@ pub struct RawBody {
     /// Bytes at the front of the read buffer found to belong to the body.
     scanned: usize,
     close_delimited: bool,
+    /// Bytes and lines of the trailer section passed on so far.
+    trailers: (usize, usize),
 }
 
 impl RawBody {
@@ -355,6 +371,15 @@ impl RawBody {
                     let Some((taken, next)) = scan_chunked(state, rest)? else {
                         return Ok(());
                     };
+                    // The trailer section has the limits of a head, as on
+                    // the other path.
+                    if state == ChunkState::Trailers {
+                        self.trailers.0 += taken;
+                        self.trailers.1 += 1;
+                        if self.trailers.0 > MAX_HEAD || self.trailers.1 > MAX_HEADERS + 1 {
+                            return Err(invalid("trailer section too large"));
+                        }
+                    }
                     self.scanned += taken;
                     self.framing = next;
                 }
@@ -371,6 +396,14 @@ fn scan_chunked(state: ChunkState, rest: &[u8]) -> io::Result<Option<(usize, Bod
             let Some(end) = find_crlf(rest) else {
                 return too_long(rest, MAX_CHUNK_LINE, "chunk size line too long");
             };
+            // The line goes on as it came: no control byte (a bare LF or
+            // CR) that a client might take for its end.
+            if rest[..end]
+                .iter()
+                .any(|b| *b != b'\t' && (*b < 0x20 || *b == 0x7f))
+            {
+                return Err(invalid("control byte in a chunk size line"));
+            }
             let next = match chunk_size(&rest[..end])? {
                 0 => ChunkState::Trailers,
                 n => ChunkState::Data(n),

@@ -89,6 +89,8 @@ where
     // a parse per line, not per byte (and one for its first bytes).
     let mut awaited = Awaited::LineFeed;
     let mut may_be_complete = false;
+    // The request whose body is still coming.
+    let mut begun = None;
     loop {
         let plan = loop {
             if may_be_complete {
@@ -106,10 +108,16 @@ where
             }
             read.reserve(READ_CHUNK);
             // Told to close while waiting for a head: idle too long, or
-            // the port is closing.
+            // the port is closing. A body on its way is waited for, as on
+            // hyper's path; its request counts as begun.
+            if awaited != Awaited::LineFeed && begun.is_none() {
+                begun = Some(activity.begin());
+            }
             let more = tokio::select! {
                 biased;
-                () = activity.idle_close() => return Outcome::Closed,
+                () = activity.idle_close(), if awaited == Awaited::LineFeed => {
+                    return Outcome::Closed;
+                }
                 more = io.read_buf(&mut read) => more,
             };
             match more {
@@ -129,12 +137,12 @@ where
         };
         awaited = Awaited::LineFeed;
         read.advance(plan.len);
-        let _finish = activity.begin();
+        let _finish = begun.take().unwrap_or_else(|| activity.begin());
         let started = Instant::now();
         let close = plan.close;
         let answered = match plan.step {
             Step::Answer(error) => {
-                answer_locally(&mut out, error, close);
+                answer_locally(&mut out, error, close, plan.head_only);
                 plan.stats
                     .record(error.status().as_u16(), started.elapsed());
                 write_all(&mut io, &out).await
@@ -164,6 +172,12 @@ where
                         return Outcome::Closed;
                     }
                 };
+                // A body whose first bytes already break its framing is
+                // answered 502 while nothing has gone to the client yet.
+                let exchanged = exchanged.and_then(|mut response| match response.body.ready() {
+                    Ok(_) => Ok(response),
+                    Err(error) => Err(UpstreamError::Request(error.to_string())),
+                });
                 match exchanged {
                     Ok(response) => {
                         plan.stats
@@ -171,7 +185,7 @@ where
                         // A body that ends with its upstream connection
                         // ends the client's too.
                         let ends = response.body.close_delimited();
-                        match pass_on(&mut io, &mut out, response).await {
+                        match pass_on(&mut io, &mut read, &mut out, response).await {
                             Ok(()) if ends => Err(()),
                             passed => passed,
                         }
@@ -179,7 +193,7 @@ where
                     Err(error) => {
                         tracing::debug!(%address, %error, "upstream failed");
                         let error = proxy_error(error);
-                        answer_locally(&mut out, error, close);
+                        answer_locally(&mut out, error, close, plan.head_only);
                         plan.stats
                             .record(error.status().as_u16(), started.elapsed());
                         write_all(&mut io, &out).await
@@ -188,6 +202,11 @@ where
             }
         };
         if answered.is_err() || close {
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
+        }
+        // A closing port serves no further request, even one already sent.
+        if activity.is_closing() {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
@@ -487,10 +506,13 @@ fn encode_upstream_head(
     out.extend_from_slice(b"\r\n");
     for field in fields {
         let name = field.name;
+        // A field named like a Connection option goes too (hyper's path
+        // drops each field Connection names, "close" among them).
         let dropped = ["connection", "keep-alive", "proxy-connection", "trailer"]
             .iter()
             .chain(&["x-forwarded-for", "x-forwarded-proto"])
-            .any(|n| name.eq_ignore_ascii_case(n));
+            .any(|n| name.eq_ignore_ascii_case(n))
+            || (seen.close && name.eq_ignore_ascii_case("close"));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -543,9 +565,14 @@ async fn exchange(
 }
 
 /// Writes the response head in `out` and the body after it.
-async fn pass_on<IO>(io: &mut IO, out: &mut Vec<u8>, response: Response) -> Result<(), ()>
+async fn pass_on<IO>(
+    io: &mut IO,
+    read: &mut BytesMut,
+    out: &mut Vec<u8>,
+    response: Response,
+) -> Result<(), ()>
 where
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut body = response.body;
     let first = body.ready().map_err(|_| ())?;
@@ -559,7 +586,14 @@ where
         body.consume();
     }
     while !body.is_done() {
-        body.read_more().await.map_err(|error| {
+        // A body may pause for long (server-sent events, long polls): a
+        // client that goes away meanwhile ends the exchange.
+        let more = tokio::select! {
+            biased;
+            more = body.read_more() => more,
+            () = until_gone(io, read) => return Err(()),
+        };
+        more.map_err(|error| {
             tracing::debug!(%error, "upstream response body failed");
         })?;
         let more = body.ready().map_err(|_| ())?;
@@ -581,7 +615,7 @@ where
 
 /// The answer `ProxyError::response` gives on the other path, as hyper
 /// writes it.
-fn answer_locally(out: &mut Vec<u8>, error: ProxyError, close: bool) {
+fn answer_locally(out: &mut Vec<u8>, error: ProxyError, close: bool, head_only: bool) {
     out.clear();
     let status = error.status();
     let body = error.label().as_bytes();
@@ -598,7 +632,10 @@ fn answer_locally(out: &mut Vec<u8>, error: ProxyError, close: bool) {
     out.extend_from_slice(b"date: ");
     date::append(out);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
+    // The answer to HEAD has the length its body would have, not the body.
+    if !head_only {
+        out.extend_from_slice(body);
+    }
 }
 
 /// As `forward` maps them.

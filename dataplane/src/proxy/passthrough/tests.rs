@@ -20,13 +20,27 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::proxy::test_io::{proxy_to, proxy_with, read_until};
+use crate::proxy::test_io::{proxy_to, proxy_with, proxy_with_options, read_until};
 
 /// What the upstream answers to a request for each path.
 fn reply(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
     let path = path.split('?').next().unwrap_or_default();
     match (method, path) {
+        ("HEAD", "/bad-length") => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n"],
+            false,
+        ),
         ("HEAD", _) => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"], false),
+        // Connection names the field that frames the body.
+        (_, "/named-length") => (
+            vec![b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"],
+            false,
+        ),
+        // A bare LF inside a chunk extension.
+        (_, "/bad-chunk") => (
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x\n0\r\nhello\r\n0\r\n\r\n"],
+            false,
+        ),
         (_, "/length") => (
             vec![
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\nConnection: x-private\r\n\
@@ -102,7 +116,12 @@ async fn upstream() -> (
                     seen_tx.send(String::from_utf8(request).unwrap()).unwrap();
                     let mut line = head.split(' ');
                     let (method, path) = (line.next().unwrap(), line.next().unwrap());
-                    if path == "/hang" {
+                    if path == "/pause" {
+                        // Half a body, then nothing until the proxy lets go.
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+                        stream.write_all(head).await.unwrap();
+                    }
+                    if path == "/hang" || path == "/pause" {
                         // No answer: tells when the proxy lets go.
                         while stream.read(&mut [0u8; 64]).await.is_ok_and(|n| n > 0) {}
                         seen_tx.send("<closed>".into()).unwrap();
@@ -366,6 +385,8 @@ async fn the_passthrough_and_hypers_path_send_and_answer_the_same() {
         ("GET", "/no-content", None),
         ("GET", "/interim", None),
         ("GET", "/many-options", None),
+        ("GET", "/named-length", None),
+        ("HEAD", "/bad-length", None),
         ("DELETE", "/length", None),
         ("POST", "/length", None),
         ("POST", "/length", Some("{\"a\": 1}")),
@@ -513,6 +534,16 @@ async fn an_unreachable_upstream_is_answered_as_on_hypers_path_and_the_connectio
         passthrough.send(&request("GET", "/", &[])).await;
         answers.push(passthrough.read_reply(false).await);
     }
+    // The answer to HEAD: the length of the body, no body; the next answer
+    // on the connection starts where it should.
+    passthrough.send(&request("HEAD", "/", &[])).await;
+    let head = passthrough.read_reply(true).await;
+    assert_eq!(
+        (head.status, head.field("content-length")),
+        (502, Some("7"))
+    );
+    passthrough.send(&request("GET", "/", &[])).await;
+    assert_eq!(passthrough.read_reply(false).await.body, b"connect");
     // hyper's path.
     let mut hyper = Client::connect(proxy).await;
     hyper.send(HAND_OFF).await;
@@ -715,4 +746,63 @@ async fn malformed_and_ambiguous_requests_get_a_4xx_or_a_close_and_nothing_reach
     let mut client = Client::connect(proxy).await;
     client.send(&request("GET", "/length", &[])).await;
     assert_eq!(client.read_reply(false).await.body, b"hello");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_body_ends_the_upstream_exchange_on_both_paths() {
+    let (backend, mut seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    for hand_off in [false, true] {
+        let mut client = match hand_off {
+            false => Client::connect(proxy).await,
+            true => Client::handed_to_hyper(proxy, &mut seen).await,
+        };
+        client.send(&request("GET", "/pause", &[])).await;
+        while !client.buffer.ends_with(b"hello") {
+            assert!(client.fill().await, "closed mid-response");
+        }
+        seen.recv().await.unwrap();
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+        assert_eq!(
+            closed.expect("upstream connection kept").as_deref(),
+            Some("<closed>"),
+            "hand-off: {hand_off}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_size_line_with_a_control_byte_is_not_passed_on() {
+    let (backend, _seen, _) = upstream().await;
+    let (_dataplane, proxy) = proxy_to(backend).await;
+    let mut client = Client::connect(proxy).await;
+    client.send(&request("GET", "/bad-chunk", &[])).await;
+    let reply = client.read_reply(false).await;
+    assert_eq!(reply.status, 502);
+    assert!(!reply.raw_body.windows(2).any(|w| w == b";x"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_header_timeout_is_waited_for() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let (backend, mut seen, _) = upstream().await;
+    let options = crate::Options {
+        client_header_timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let (_dataplane, proxy) =
+        proxy_with_options(backend, "UPSTREAM_PROTOCOL_HTTP1", "", options).await;
+    let mut client = Client::connect(proxy).await;
+    let request = with_body("POST", "/length", &["X-Body: Slow"], "slow!");
+    let (head, body) = request.split_at(request.len() - 5);
+    client.send(head).await;
+    // Past the longest wait the reaper allows a head (one and a half
+    // timeouts): the request began with its head, as on hyper's path.
+    tokio::time::sleep(TIMEOUT * 2 + TIMEOUT / 2).await;
+    client.send(body).await;
+    assert_eq!(client.read_reply(false).await.body, b"hello");
+    let received = seen.recv().await.unwrap();
+    assert!(received.contains("\r\nX-Body: Slow\r\n"), "{received}");
+    assert!(received.ends_with("slow!"), "{received}");
 }
