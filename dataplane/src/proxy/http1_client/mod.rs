@@ -23,7 +23,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -41,11 +41,11 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-use body::BodyFraming;
 pub use body::Http1Body;
 pub use passthrough::{RawBody, SendError};
+use request::declared_length;
 use request::{BodyWriter, encode_head};
-use response::{Early, Parsed, ResponseHead, early_answer, parse_head, response_framing};
+use response::{BodyFacts, Early, Parsed, ResponseHead, early_answer, ends_chunked, parse_head};
 
 /// Most header fields a response head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -286,16 +286,24 @@ impl Connection {
             mut headers,
             keep_alive,
         } = head;
-        let (framing, unambiguous) = if head_only
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            (BodyFraming::Length(0), true)
-        } else {
-            response_framing(&mut headers)?
+        let facts = BodyFacts {
+            bodiless: head_only
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED,
+            transfer_encoding: headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+                .map(|value| ends_chunked(value.as_bytes())),
+            length: declared_length(&headers).transpose(),
+            keep_alive,
         };
-        let reusable =
-            reusable && keep_alive && unambiguous && !matches!(framing, BodyFraming::Close);
+        // Content-Length must not be forwarded beside Transfer-Encoding.
+        if !facts.bodiless && facts.transfer_encoding.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let (framing, reusable_after) = facts.framing()?;
+        let reusable = reusable && reusable_after;
         let mut body = Http1Body {
             connection: Some(self),
             framing,

@@ -15,8 +15,8 @@ use super::{
     Connection, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_READ, READ_CHUNK,
     body::{BodyFraming, ChunkState, chunk_size, find_crlf},
     invalid,
-    request::parse_decimal,
-    response::{InPlace, parse_in_place},
+    request::add_length,
+    response::{BodyFacts, InPlace, ends_chunked, keeps_alive, parse_in_place},
 };
 use crate::proxy::{headers::is_text, upstream::Http1Pool};
 
@@ -104,14 +104,10 @@ enum Head {
 struct Framing<'h> {
     close: bool,
     keep_alive: bool,
-    /// The last Transfer-Encoding field's last coding is chunked.
-    chunked: bool,
-    transfer_encoding: bool,
-    length: Option<u64>,
-    /// Why the Content-Length fields make no length: an error only when
-    /// the body is framed by them (as on the other path, which looks at
-    /// them only then).
-    bad_length: Option<&'static str>,
+    /// Whether the last Transfer-Encoding field's last coding is chunked.
+    transfer_encoding: Option<bool>,
+    /// The Content-Length fields: an error only when they frame the body.
+    length: Option<io::Result<u64>>,
     date: bool,
     /// Fields Connection names, which go no further than this hop (empty,
     /// so not allocated, for nearly every response).
@@ -153,48 +149,27 @@ fn forward_head(
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            seen.transfer_encoding = true;
-            seen.chunked = field
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            seen.transfer_encoding = Some(ends_chunked(field.value));
         } else if name.eq_ignore_ascii_case("content-length") {
-            for item in field.value.split(|b| *b == b',') {
-                let length = parse_decimal(item.trim_ascii()).ok_or("bad Content-Length");
-                match length {
-                    Ok(length) if seen.length.is_some_and(|l| l != length) => {
-                        seen.bad_length = Some("conflicting Content-Length values");
-                    }
-                    Ok(length) => seen.length = Some(length),
-                    Err(why) => seen.bad_length = Some(why),
-                }
-            }
+            seen.length = Some(match seen.length.take() {
+                Some(Err(error)) => Err(error),
+                found => add_length(found.and_then(Result::ok), field.value)
+                    .map(|length| length.unwrap_or_default()),
+            });
         } else if name.eq_ignore_ascii_case("date") {
             seen.date = true;
         }
     }
-    // RFC 9112 §6.3, as `response::response_framing` applies it.
-    let http10 = response.version == Some(0);
-    let (framing, unambiguous) =
-        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            (BodyFraming::Length(0), true)
-        } else if seen.transfer_encoding {
-            let framing = match seen.chunked {
-                true => BodyFraming::Chunked(ChunkState::Size),
-                false => BodyFraming::Close,
-            };
-            (framing, seen.length.is_none())
-        } else if let Some(why) = seen.bad_length {
-            return Err(invalid(why));
-        } else {
-            match seen.length {
-                Some(length) => (BodyFraming::Length(length), true),
-                None => (BodyFraming::Close, true),
-            }
-        };
-    let keep_alive = !seen.close && (!http10 || seen.keep_alive);
-    let reusable = keep_alive && unambiguous && framing != BodyFraming::Close;
+    let transfer_encoding = seen.transfer_encoding.is_some();
+    let (framing, reusable) = BodyFacts {
+        bodiless: head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED,
+        transfer_encoding: seen.transfer_encoding,
+        length: seen.length,
+        keep_alive: keeps_alive(seen.close, seen.keep_alive, response.version == Some(0)),
+    }
+    .framing()?;
 
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -210,7 +185,7 @@ fn forward_head(
         let framing_field = name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("transfer-encoding");
         let dropped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || (seen.transfer_encoding && name.eq_ignore_ascii_case("content-length"))
+            || (transfer_encoding && name.eq_ignore_ascii_case("content-length"))
             || (!framing_field
                 && seen
                     .listed

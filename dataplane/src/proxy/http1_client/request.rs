@@ -74,18 +74,25 @@ fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The one Content-Length a request declares, if any.
+/// The one Content-Length a message declares, if any.
 pub(super) fn declared_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let length =
-                parse_decimal(item.trim_ascii()).ok_or_else(|| invalid("bad Content-Length"))?;
-            if found.is_some_and(|f| f != length) {
-                return Err(invalid("conflicting Content-Length values"));
-            }
-            found = Some(length);
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |found, value| add_length(found, value.as_bytes()))
+}
+
+/// The length found so far with one more Content-Length field's value (a
+/// list of lengths, all the same): an error for one that does not parse,
+/// or disagrees.
+pub(super) fn add_length(mut found: Option<u64>, value: &[u8]) -> io::Result<Option<u64>> {
+    for item in value.split(|b| *b == b',') {
+        let length =
+            parse_decimal(item.trim_ascii()).ok_or_else(|| invalid("bad Content-Length"))?;
+        if found.is_some_and(|f| f != length) {
+            return Err(invalid("conflicting Content-Length values"));
         }
+        found = Some(length);
     }
     Ok(found)
 }

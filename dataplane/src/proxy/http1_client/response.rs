@@ -10,7 +10,6 @@ use super::{
     MAX_HEAD, MAX_HEADERS,
     body::{BodyFraming, ChunkState},
     invalid, invalid_owned,
-    request::declared_length,
 };
 
 pub(super) struct ResponseHead {
@@ -131,34 +130,60 @@ pub(super) fn parse_head(read: &mut BytesMut) -> io::Result<Option<Parsed>> {
     Ok(Some(Parsed::Final(ResponseHead {
         status,
         headers,
-        keep_alive: !close && (!http10 || keep_alive_token),
+        keep_alive: keeps_alive(close, keep_alive_token, http10),
     })))
 }
 
-/// RFC 9112 §6.3 for a response that has content, and whether its framing
-/// was unambiguous. Content-Length values that disagree or do not parse
-/// make the response unusable (§6.3.5).
-pub(super) fn response_framing(headers: &mut HeaderMap) -> io::Result<(BodyFraming, bool)> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Transfer-Encoding overrides Content-Length, which must not be
-        // forwarded beside it; a message with both may be an attempt at
-        // response splitting (§6.3.3), so its connection is not used again.
-        let unambiguous = headers.remove(header::CONTENT_LENGTH).is_none();
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        let framing = match chunked_last {
-            true => BodyFraming::Chunked(ChunkState::Size),
-            false => BodyFraming::Close,
+/// What a response head says of its body and its connection, for
+/// `BodyFacts::framing`.
+pub(super) struct BodyFacts {
+    /// The request was HEAD, or the status 204 or 304: no body.
+    pub(super) bodiless: bool,
+    /// Transfer-Encoding is present, and whether its last coding is chunked.
+    pub(super) transfer_encoding: Option<bool>,
+    /// The Content-Length fields, when there are any: their one length, or
+    /// why they make none.
+    pub(super) length: Option<io::Result<u64>>,
+    /// The upstream keeps the connection open after this response.
+    pub(super) keep_alive: bool,
+}
+
+impl BodyFacts {
+    /// RFC 9112 §6.3: how the body is framed, and whether the connection
+    /// can carry another exchange once it has ended. Content-Length values
+    /// that disagree or do not parse make the response unusable (§6.3.5)
+    /// when they are what frames it.
+    pub(super) fn framing(self) -> io::Result<(BodyFraming, bool)> {
+        let (framing, unambiguous) = match (self.bodiless, self.transfer_encoding, self.length) {
+            (true, ..) => (BodyFraming::Length(0), true),
+            // Transfer-Encoding overrides Content-Length; a message with both
+            // may be an attempt at response splitting (§6.3.3), so its
+            // connection is not used again.
+            (false, Some(chunked), length) => {
+                let framing = match chunked {
+                    true => BodyFraming::Chunked(ChunkState::Size),
+                    false => BodyFraming::Close,
+                };
+                (framing, length.is_none())
+            }
+            (false, None, Some(length)) => (BodyFraming::Length(length?), true),
+            (false, None, None) => (BodyFraming::Close, true),
         };
-        return Ok((framing, unambiguous));
+        let reusable = self.keep_alive && unambiguous && framing != BodyFraming::Close;
+        Ok((framing, reusable))
     }
-    let framing = match declared_length(headers)? {
-        Some(length) => BodyFraming::Length(length),
-        None => BodyFraming::Close,
-    };
-    Ok((framing, true))
+}
+
+/// Whether a response leaves its connection open: HTTP/1.1 unless it says
+/// close, HTTP/1.0 only when it says keep-alive.
+pub(super) fn keeps_alive(close: bool, keep_alive: bool, http10: bool) -> bool {
+    !close && (!http10 || keep_alive)
+}
+
+/// Whether a Transfer-Encoding value's last coding is chunked.
+pub(super) fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
