@@ -259,16 +259,7 @@ async fn serve(
         sni: session.server_name().map(Arc::from),
     };
     let result = if h2 {
-        let activity = Arc::new(Activity::default());
-        let service = counted_service(dataplane, connection, activity);
-        watcher
-            .watch(
-                builders
-                    .http2
-                    .serve_connection(TokioIo::new(stream), service),
-            )
-            .await
-            .map_err(Into::into)
+        serve_http2(stream, dataplane, connection, &builders, watcher).await
     } else {
         serve_http1(stream, dataplane, connection, &builders, watcher, closing).await
     };
@@ -343,16 +334,7 @@ async fn serve_cleartext(
         _ = closing.wait_for(|closing| *closing) => return,
     };
     let result = if peeked == H2_PREFACE.len() && head == *H2_PREFACE {
-        let activity = Arc::new(Activity::default());
-        let service = counted_service(dataplane, connection, activity);
-        watcher
-            .watch(
-                builders
-                    .http2
-                    .serve_connection(TokioIo::new(stream), service),
-            )
-            .await
-            .map_err(Into::into)
+        serve_http2(stream, dataplane, connection, &builders, watcher).await
     } else if peeked > 0 && H2_PREFACE.starts_with(&head[..peeked]) {
         // Only part of what may be the preface has arrived; a peek would see
         // the same bytes again at once, so let the detecting builder read
@@ -377,6 +359,25 @@ async fn serve_cleartext(
     if let Err(error) = result {
         tracing::debug!(%port, %client, %error, "connection ended with an error");
     }
+}
+
+/// An HTTP/2 connection (TLS with ALPN h2, or h2c with prior knowledge),
+/// served by hyper; `watcher` holds the port's shutdown until it ends.
+async fn serve_http2<IO>(
+    io: IO,
+    dataplane: Arc<Dataplane>,
+    connection: Connection,
+    builders: &Builders,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = counted_service(dataplane, connection, Arc::new(Activity::default()));
+    watcher
+        .watch(builders.http2.serve_connection(TokioIo::new(io), service))
+        .await
+        .map_err(Into::into)
 }
 
 /// An HTTP/1.1 connection: the passthrough serves its requests for as long
