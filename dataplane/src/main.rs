@@ -48,9 +48,9 @@ struct Args {
     /// address instead (several groups' data planes on one host).
     #[arg(long)]
     listen_address: Option<std::net::IpAddr>,
-    /// Seconds an HTTP/1 client connection may take to send a request
-    /// head, from its accept or the end of its last response; one that
-    /// does not is closed.
+    /// Seconds a client connection may take to send a request head, from
+    /// its accept or the end of its last response (on HTTP/2, with no
+    /// stream open); one that does not is closed (HTTP/2: after a GOAWAY).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     client_header_timeout: u64,
 }

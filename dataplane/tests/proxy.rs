@@ -639,11 +639,9 @@ async fn connections_without_a_complete_head_in_time_are_closed_and_busy_ones_ke
     assert!(!driven.is_finished());
 }
 
-#[tokio::test]
-async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
-    const TIMEOUT: Duration = Duration::from_millis(300);
-    // Answers after three timeouts, and sends the body three timeouts
-    // after the head.
+/// An HTTP/1.1 backend that answers each request's head after `delay`,
+/// and its four-byte body, `done`, after `delay` again.
+async fn slow_upstream(delay: Duration) -> std::net::SocketAddr {
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = upstream.local_addr().unwrap();
     tokio::spawn(async move {
@@ -657,15 +655,22 @@ async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
                     }
                     head.push(byte[0]);
                 }
-                tokio::time::sleep(TIMEOUT * 3).await;
+                tokio::time::sleep(delay).await;
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
                     .await;
-                tokio::time::sleep(TIMEOUT * 3).await;
+                tokio::time::sleep(delay).await;
                 let _ = stream.write_all(b"done").await;
             });
         }
     });
+    backend
+}
+
+#[tokio::test]
+async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let backend = slow_upstream(TIMEOUT * 3).await;
     let bind = free_port();
     let dataplane = Dataplane::with_options(Options {
         client_header_timeout: TIMEOUT,
@@ -686,6 +691,102 @@ async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
     assert!(text.ends_with("\r\n\r\ndone"), "{text}");
     // Then idle: closed a timeout after the response, not before.
     assert!(after >= TIMEOUT * 7, "closed after {after:?}");
+}
+
+/// The frame types of the HTTP/2 frames in `bytes`, which a server sent
+/// (RFC 9113 §4.1: a 24-bit length, then the type).
+fn h2_frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        types.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    types
+}
+
+#[tokio::test]
+async fn h2_connections_without_a_stream_in_time_get_a_goaway_and_busy_ones_are_kept() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const GOAWAY: u8 = 0x7;
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_header_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    // "/slow" answers after two timeouts, and ends its body two more later.
+    let snapshot = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "",
+                vec![vhost("", vec![prefix("/slow", 1), prefix("/", 0)])],
+            )],
+        )],
+        vec![
+            rule("fast", vec![to_cluster(1, 0)]),
+            rule("slow", vec![to_cluster(1, 1)]),
+        ],
+        vec![
+            cluster("ns/fast:80", &[echo("e").await]),
+            cluster("ns/slow:80", &[slow_upstream(TIMEOUT * 2).await]),
+        ],
+    );
+    dataplane.apply(snapshot).await.expect("snapshot applies");
+    let h2_connect = || async {
+        let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(connection))
+    };
+    let get = |path: &str| {
+        Request::get(format!("http://a{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    // Opens with the preface and its SETTINGS, then sends no stream.
+    let silent = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        read_until_closed(&mut stream).await
+    };
+    // One stream open for four timeouts.
+    let in_flight = async {
+        let (mut sender, driven) = h2_connect().await;
+        let started = std::time::Instant::now();
+        let response = sender.send_request(get("/slow")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"done");
+        assert!(started.elapsed() >= TIMEOUT * 4);
+        assert!(!driven.is_finished(), "closed with a stream open");
+    };
+    // A request every quarter timeout, for three timeouts.
+    let busy = async {
+        let (mut sender, driven) = h2_connect().await;
+        for _ in 0..12 {
+            tokio::time::sleep(TIMEOUT / 4).await;
+            sender
+                .ready()
+                .await
+                .expect("the busy connection was closed");
+            let response = sender.send_request(get("/")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
+        assert!(!driven.is_finished());
+    };
+    let ((silent_bytes, silent_after), (), ()) = tokio::join!(silent, in_flight, busy);
+    assert!(silent_after >= TIMEOUT, "closed after {silent_after:?}");
+    let types = h2_frame_types(&silent_bytes);
+    assert!(types.contains(&GOAWAY), "frames sent: {types:?}");
 }
 
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local

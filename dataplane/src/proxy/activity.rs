@@ -1,6 +1,6 @@
 //! What a client connection is doing, for closing the ones that keep a
 //! connection without using it: idle between requests, or sending a request
-//! head too slowly to ever finish it.
+//! head too slowly to ever finish it (on HTTP/2: no stream open).
 //!
 //! hyper can time each request head itself, but it arms a timer for every
 //! request: a boxed sleep registered in tokio's timer wheel, behind the

@@ -133,7 +133,7 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
-    /// Closes HTTP/1 connections that wait too long for a request head.
+    /// Closes connections that wait too long for a request head.
     reaper: Arc<Reaper>,
     /// The reaper's timeout, which also bounds the wait for a clear-text
     /// connection's first bytes, before a builder is chosen.
@@ -259,7 +259,7 @@ async fn serve(
         sni: session.server_name().map(Arc::from),
     };
     let result = if h2 {
-        serve_http2(stream, dataplane, connection, &builders, watcher).await
+        serve_http2(stream, dataplane, connection, &builders, watcher, closing).await
     } else {
         serve_http1(stream, dataplane, connection, &builders, watcher, closing).await
     };
@@ -334,7 +334,7 @@ async fn serve_cleartext(
         _ = closing.wait_for(|closing| *closing) => return,
     };
     let result = if peeked == H2_PREFACE.len() && head == *H2_PREFACE {
-        serve_http2(stream, dataplane, connection, &builders, watcher).await
+        serve_http2(stream, dataplane, connection, &builders, watcher, closing).await
     } else if peeked > 0 && H2_PREFACE.starts_with(&head[..peeked]) {
         // Only part of what may be the preface has arrived; a peek would see
         // the same bytes again at once, so let the detecting builder read
@@ -351,6 +351,7 @@ async fn serve_cleartext(
             watcher,
             closing,
             &activity,
+            OnExpiry::Drop,
         )
         .await
     } else {
@@ -362,22 +363,34 @@ async fn serve_cleartext(
 }
 
 /// An HTTP/2 connection (TLS with ALPN h2, or h2c with prior knowledge),
-/// served by hyper; `watcher` holds the port's shutdown until it ends.
+/// served by hyper. The reaper closes it once it has had no stream open
+/// for the header timeout: an idle connection, or one whose client never
+/// completes a request's headers, as it closes an HTTP/1 connection.
 async fn serve_http2<IO>(
     io: IO,
     dataplane: Arc<Dataplane>,
     connection: Connection,
     builders: &Builders,
     watcher: Watcher,
+    closing: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = counted_service(dataplane, connection, Arc::new(Activity::default()));
-    watcher
-        .watch(builders.http2.serve_connection(TokioIo::new(io), service))
-        .await
-        .map_err(Into::into)
+    let activity = Arc::new(Activity::default());
+    builders.reaper.watch(&activity);
+    let service = counted_service(dataplane, connection, activity.clone());
+    let connection = builders.http2.serve_connection(TokioIo::new(io), service);
+    until_done(
+        connection,
+        |c| c.graceful_shutdown(),
+        watcher,
+        closing,
+        &activity,
+        OnExpiry::GoAway(builders.header_timeout / 2),
+    )
+    .await
+    .map_err(Into::into)
 }
 
 /// An HTTP/1.1 connection: the passthrough serves its requests for as long
@@ -414,6 +427,7 @@ where
         watcher,
         closing,
         &activity,
+        OnExpiry::Drop,
     )
     .await
     .map_err(Into::into)
@@ -441,18 +455,33 @@ fn counted_service(
     })
 }
 
-/// Drives a connection that may switch protocols (HTTP/1.1 with upgrades),
-/// which hyper-util's graceful watcher cannot hold: `closing` starts its
-/// graceful shutdown instead, and holding `watcher` until it ends keeps the
-/// port's shutdown waiting for it all the same. The connection is dropped
-/// (closed) when the port's reaper, which watches `activity`, finds it has
-/// waited too long for a request head.
+/// What `until_done` does with a connection the reaper found waiting too
+/// long for a request.
+enum OnExpiry {
+    /// Close it at once: an HTTP/1 connection, idle or part way through a
+    /// head (hyper's graceful shutdown would wait for the rest of it).
+    Drop,
+    /// Shut it down gracefully, which tells an HTTP/2 client with a GOAWAY
+    /// that no further stream will be served, so that it does not send one
+    /// into a closing connection; close it after this grace if the client
+    /// keeps it open (a GOAWAY completes only once the client answers a
+    /// PING).
+    GoAway(Duration),
+}
+
+/// Drives a connection (HTTP/1.1 with upgrades, which hyper-util's graceful
+/// watcher cannot hold, or HTTP/2): `closing` starts its graceful shutdown,
+/// and holding `watcher` until it ends keeps the port's shutdown waiting
+/// for it all the same. The port's reaper, which watches `activity`, tells
+/// when it has waited too long for a request; `on_expiry` says how it
+/// then ends.
 async fn until_done<C, E>(
     connection: C,
     shutdown: fn(Pin<&mut C>),
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
     activity: &Arc<Activity>,
+    on_expiry: OnExpiry,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
@@ -470,8 +499,14 @@ where
             connection.await
         }
         () = idle => {
-            tracing::debug!("no request head within the header timeout; closing");
-            Ok(())
+            tracing::debug!("no request within the header timeout; closing");
+            match on_expiry {
+                OnExpiry::Drop => Ok(()),
+                OnExpiry::GoAway(grace) => {
+                    shutdown(connection.as_mut());
+                    tokio::time::timeout(grace, connection).await.unwrap_or(Ok(()))
+                }
+            }
         }
     };
     drop(watcher);

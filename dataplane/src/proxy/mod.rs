@@ -104,11 +104,12 @@ pub struct Options {
     /// address instead: several groups' data planes on one host, each on
     /// its own address.
     pub listen_address: Option<std::net::IpAddr>,
-    /// Longest an HTTP/1 client connection may take to send a request head,
+    /// Longest a client connection may take to send a request head,
     /// counted from when the connection is ready for one: from its accept,
-    /// and from the end of each response. A connection that sends no
-    /// complete head in time (one left idle, or a client sending its head a
-    /// byte at a time) is closed, so idle and slow clients cannot hold
+    /// and from the end of each response (on HTTP/2, of the last open
+    /// stream). A connection that sends no complete head in time (one left
+    /// idle, or a client sending its head a byte at a time) is closed, an
+    /// HTTP/2 one after a GOAWAY, so idle and slow clients cannot hold
     /// connections without end.
     pub client_header_timeout: std::time::Duration,
 }
