@@ -53,6 +53,11 @@ struct Args {
     /// stream open); one that does not is closed (HTTP/2: after a GOAWAY).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     client_header_timeout: u64,
+    /// Seconds data sent to a client may wait for the client to take it
+    /// (it stopped reading, or vanished); its connection is then dropped,
+    /// and its request's upstream connection closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    client_send_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let dataplane = Dataplane::with_options(Options {
         listen_address: args.listen_address,
         client_header_timeout: Duration::from_secs(args.client_header_timeout),
+        client_send_timeout: Duration::from_secs(args.client_send_timeout),
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await

@@ -66,6 +66,9 @@ async fn serves_a_snapshot_file_and_reports_it() {
             "1",
             "--client-header-timeout",
             "1",
+            // As the chart passes it; its effect is tested in-process.
+            "--client-send-timeout",
+            "60",
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -789,6 +789,92 @@ async fn h2_connections_without_a_stream_in_time_get_a_goaway_and_busy_ones_are_
     assert!(types.contains(&GOAWAY), "frames sent: {types:?}");
 }
 
+/// A backend that answers its first connection's request with a chunked
+/// body it writes without end; the handle ends when the connection fails
+/// (the proxy closed it).
+async fn endless_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = upstream.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before its request");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let mut body = b"4000\r\n".to_vec();
+        body.extend_from_slice(&[b'x'; 0x4000]);
+        body.extend_from_slice(b"\r\n");
+        let mut written = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        while written.is_ok() {
+            written = stream.write_all(&body).await;
+        }
+    });
+    (backend, serving)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_a_slow_one_is_not() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let (backend, upstream) = endless_upstream().await;
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_send_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    dataplane
+        .apply(single_route(bind, "r", backend))
+        .await
+        .expect("snapshot applies");
+    // A small receive buffer, so that its window closes soon after it
+    // stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut client = socket.connect(([127, 0, 0, 1], bind).into()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Takes what has come every quarter timeout, for three timeouts: slow,
+    // but never stopped for a whole timeout.
+    let mut chunk = vec![0u8; 64 * 1024];
+    for round in 0..12 {
+        tokio::time::sleep(TIMEOUT / 4).await;
+        let mut drained = 0;
+        loop {
+            match client.try_read(&mut chunk) {
+                Ok(0) => panic!("closed in round {round}"),
+                Ok(n) => drained += n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => panic!("failed in round {round}: {error}"),
+            }
+        }
+        assert!(drained > 0, "nothing came in round {round}");
+    }
+    assert!(!upstream.is_finished(), "a client reading slowly was cut");
+
+    // Stops reading: its window closes, and stays closed.
+    let stopped = std::time::Instant::now();
+    tokio::time::timeout(TIMEOUT * 8, upstream)
+        .await
+        .expect("the upstream connection stayed open")
+        .unwrap();
+    let after = stopped.elapsed();
+    assert!(after >= TIMEOUT, "dropped after {after:?}");
+    let client_port = client.local_addr().unwrap().port();
+    assert!(
+        !established_sockets()
+            .iter()
+            .any(|(local, remote, _)| (*local, *remote) == (bind, client_port)),
+        "the data plane's side of the client connection is still open"
+    );
+}
+
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local
 /// port, remote port, and the kernel's active timer on each (`tr`: 0 none,
 /// 1 retransmit, 2 keep-alive).

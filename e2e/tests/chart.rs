@@ -398,6 +398,8 @@ fn dataplane_follows_the_controller_service_without_api_access() {
             "0.0.0.0:9902",
             "--client-header-timeout",
             "60",
+            "--client-send-timeout",
+            "60",
         ]
     );
     let c = container(deployment);

@@ -58,15 +58,18 @@ struct Running {
 }
 
 impl Listeners {
-    /// Binds every port of `wanted` that is not running yet. On error the
-    /// sockets bound so far are dropped, which closes them.
+    /// Binds every port of `wanted` that is not running yet, its
+    /// connections' sends limited to `send_timeout` (see
+    /// `tcp::limit_sends`). On error the sockets bound so far are dropped,
+    /// which closes them.
     pub async fn bind_missing(
         &self,
         wanted: &[PortKey],
+        send_timeout: Duration,
     ) -> Result<Vec<(PortKey, TcpListener)>, BindError> {
         let mut bound = Vec::new();
         for port in wanted.iter().filter(|p| !self.running.contains_key(p)) {
-            let listener = bind(port.socket_addr()).map_err(|source| BindError {
+            let listener = bind(port.socket_addr(), send_timeout).map_err(|source| BindError {
                 port: *port,
                 source,
             })?;
@@ -115,12 +118,15 @@ impl Listeners {
     }
 }
 
-fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+fn bind(address: SocketAddr, send_timeout: Duration) -> io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
+    // Accepted connections inherit it: one system call per port rather
+    // than per connection.
+    tcp::limit_sends(&socket, send_timeout)?;
     // Lets a restarted data plane rebind while old connections sit in
     // TIME_WAIT; it does not allow two live listeners on one port.
     socket.set_reuseaddr(true)?;

@@ -112,6 +112,13 @@ pub struct Options {
     /// HTTP/2 one after a GOAWAY, so idle and slow clients cannot hold
     /// connections without end.
     pub client_header_timeout: std::time::Duration,
+    /// Longest data sent to a client may wait for the client to take it
+    /// (TCP_USER_TIMEOUT): a client that stops reading its response, with
+    /// the socket buffers full, or one gone without a FIN or reset, loses
+    /// its connection, and its request's upstream connection is closed, so
+    /// that slow readers cannot hold connections on both sides without end.
+    /// One that reads slowly but keeps reading is not cut.
+    pub client_send_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -119,6 +126,7 @@ impl Default for Options {
         Self {
             listen_address: None,
             client_header_timeout: std::time::Duration::from_secs(60),
+            client_send_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -191,7 +199,9 @@ impl Dataplane {
             }
         }
         let table = Table::build_with(Arc::new(snapshot), Some(&current), &self.stats)?;
-        let bound = listeners.bind_missing(table.port_keys()).await?;
+        let bound = listeners
+            .bind_missing(table.port_keys(), self.options.client_send_timeout)
+            .await?;
         let kept = table.port_keys().to_vec();
         let endpoints = endpoint_addresses(&table);
         self.table.store(Arc::new(table));

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Idle time before the kernel's first keep-alive probe, then the time
 /// between probes, and how many go unanswered before the connection is
@@ -24,4 +24,19 @@ pub fn tune(stream: &TcpStream) -> std::io::Result<()> {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Limits how long data sent on the connections of `listener` may wait
+/// for their peer to take it (TCP_USER_TIMEOUT, which accepted sockets
+/// inherit). The kernel drops a connection whose data stays
+/// unacknowledged that long, or whose peer keeps its receive window closed
+/// that long (it stopped reading: counted from the first window probe
+/// since Linux 5.11), and the task writing to it gets an error and ends,
+/// which closes its upstream connection too. nginx's `send_timeout` does
+/// this job with a timer per write; here the request path pays nothing. It
+/// also replaces the keep-alive probe count: a silent peer is dropped at
+/// the first unanswered probe once the timeout has passed since it was
+/// last heard from.
+pub fn limit_sends(listener: &TcpSocket, timeout: Duration) -> std::io::Result<()> {
+    SockRef::from(listener).set_tcp_user_timeout(Some(timeout))
 }
