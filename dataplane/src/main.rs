@@ -58,6 +58,11 @@ struct Args {
     /// and its request's upstream connection closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     client_send_timeout: u64,
+    /// Seconds a request body may send nothing while it is waited for;
+    /// the request is then answered 408 and its connection closed. gRPC
+    /// requests are not timed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    client_body_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listen_address: args.listen_address,
         client_header_timeout: Duration::from_secs(args.client_header_timeout),
         client_send_timeout: Duration::from_secs(args.client_send_timeout),
+        client_body_timeout: Duration::from_secs(args.client_body_timeout),
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await

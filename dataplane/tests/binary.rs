@@ -66,8 +66,10 @@ async fn serves_a_snapshot_file_and_reports_it() {
             "1",
             "--client-header-timeout",
             "1",
-            // As the chart passes it; its effect is tested in-process.
+            // As the chart passes them; their effect is tested in-process.
             "--client-send-timeout",
+            "60",
+            "--client-body-timeout",
             "60",
         ])
         .env("RUST_LOG", "info")

@@ -875,6 +875,156 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_a_slo
     );
 }
 
+/// A backend that reads each request's whole body before it answers, with
+/// `Ok(` the body's length `)`.
+async fn body_reading_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let length = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|body| body.to_bytes().len());
+                        let answer = Bytes::from(format!("{:?}", length.map_err(|_| ())));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(answer),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+type BodyFrame = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+type StreamedBody = http_body_util::StreamBody<futures::channel::mpsc::Receiver<BodyFrame>>;
+
+/// An HTTP/2 request whose body is sent through the returned channel.
+fn h2_streamed(
+    grpc: bool,
+) -> (
+    futures::channel::mpsc::Sender<BodyFrame>,
+    Request<StreamedBody>,
+) {
+    let (frames, body) = futures::channel::mpsc::channel(4);
+    let mut request = Request::post("http://a/").header("content-length", "6");
+    if grpc {
+        request = request.header("content-type", "application/grpc");
+    }
+    let request = request.body(http_body_util::StreamBody::new(body)).unwrap();
+    (frames, request)
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_is_answered_408_on_every_path_and_slow_ones_are_served() {
+    use futures::SinkExt;
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_body_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    dataplane
+        .apply(single_route(bind, "r", body_reading_upstream().await))
+        .await
+        .expect("snapshot applies");
+    let connect = || TcpStream::connect(("127.0.0.1", bind));
+    let data = |bytes: &'static [u8]| Ok(hyper::body::Frame::data(Bytes::from_static(bytes)));
+
+    // Stop part way: a Content-Length body (the passthrough waits for it)
+    // and a chunked one (hyper's path streams it).
+    let stops = |start: &'static [u8]| async move {
+        let mut stream = connect().await.unwrap();
+        stream.write_all(start).await.unwrap();
+        let (answer, after) = read_until_closed(&mut stream).await;
+        (String::from_utf8_lossy(&answer).into_owned(), after)
+    };
+    let length = stops(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc");
+    let chunked =
+        stops(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    // Send a byte every quarter timeout, for three timeouts.
+    let trickles = |head: &'static [u8], byte: &'static [u8], end: &'static [u8]| async move {
+        let mut stream = connect().await.unwrap();
+        stream.write_all(head).await.unwrap();
+        for _ in 0..12 {
+            tokio::time::sleep(TIMEOUT / 4).await;
+            stream.write_all(byte).await.unwrap();
+        }
+        stream.write_all(end).await.unwrap();
+        let (answer, _) = read_until_closed(&mut stream).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let slow_length = trickles(
+        b"POST / HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 12\r\n\r\n",
+        b"x",
+        b"",
+    );
+    let slow_chunked = trickles(
+        b"POST / HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"1\r\nx\r\n",
+        b"0\r\n\r\n",
+    );
+    // HTTP/2: a stream whose body stops answers 408; a gRPC one pausing for
+    // two timeouts is not timed.
+    let h2 = async {
+        let stream = connect().await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let stopped = async {
+            let (mut frames, request) = h2_streamed(false);
+            frames.send(data(b"abc")).await.unwrap();
+            let response = sender.clone().send_request(request).await.unwrap();
+            let status = response.status();
+            drop(frames);
+            status
+        };
+        let grpc = async {
+            let (mut frames, request) = h2_streamed(true);
+            let pauses = async {
+                frames.send(data(b"abc")).await.unwrap();
+                tokio::time::sleep(TIMEOUT * 2).await;
+                frames.send(data(b"def")).await.unwrap();
+                drop(frames);
+            };
+            let (response, ()) = tokio::join!(sender.clone().send_request(request), pauses);
+            let response = response.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        };
+        tokio::join!(stopped, grpc)
+    };
+
+    let ((length, length_after), (chunked, chunked_after), slow_length, slow_chunked, h2) =
+        tokio::join!(length, chunked, slow_length, slow_chunked, h2);
+    for (answer, after) in [(&length, length_after), (&chunked, chunked_after)] {
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("client_body_timeout"), "{answer}");
+        assert!(after >= TIMEOUT, "answered after {after:?}");
+    }
+    for answer in [&slow_length, &slow_chunked] {
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.ends_with("Ok(12)"), "{answer}");
+    }
+    let (stopped, (grpc_status, grpc_body)) = h2;
+    assert_eq!(stopped, 408);
+    assert_eq!(grpc_status, 200);
+    assert_eq!(&grpc_body[..], b"Ok(6)");
+}
+
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local
 /// port, remote port, and the kernel's active timer on each (`tr`: 0 none,
 /// 1 retransmit, 2 keep-alive).

@@ -400,6 +400,8 @@ fn dataplane_follows_the_controller_service_without_api_access() {
             "60",
             "--client-send-timeout",
             "60",
+            "--client-body-timeout",
+            "60",
         ]
     );
     let c = container(deployment);

@@ -49,6 +49,9 @@ pub enum ProxyError {
     /// The backend's BackendTLSPolicy leaves nothing to trust: the request
     /// is not sent (and not retried: it would fail the same way).
     BackendTls,
+    /// The client stopped sending its request body for
+    /// `--client-body-timeout`.
+    ClientTimeout,
 }
 
 impl ProxyError {
@@ -61,6 +64,7 @@ impl ProxyError {
             Self::Connect | Self::Upstream | Self::BackendTls => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -76,6 +80,7 @@ impl ProxyError {
             Self::Timeout => "timeout",
             Self::Misdirected => "misdirected",
             Self::BackendTls => "backend_tls_unusable",
+            Self::ClientTimeout => "client_body_timeout",
         }
     }
 
@@ -84,7 +89,7 @@ impl ProxyError {
     pub fn grpc_code(self) -> u8 {
         match self {
             Self::NoRoute => 12,
-            Self::Timeout => 4,
+            Self::Timeout | Self::ClientTimeout => 4,
             Self::NoEndpoints | Self::Connect | Self::Upstream | Self::BackendTls => 14,
             Self::BadRequest | Self::NoBackend | Self::InvalidBackend | Self::Misdirected => 13,
         }
@@ -113,9 +118,13 @@ impl ProxyError {
     fn response(self) -> Response<ProxyBody> {
         let mut response = Response::new(ProxyBody::text(self.label()));
         *response.status_mut() = self.status();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        // The rest of the body may still come, or never: the connection
+        // cannot carry another request (RFC 9110 §15.5.9).
+        if self == Self::ClientTimeout {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -197,7 +206,9 @@ impl Dataplane {
                     // A rule without filters, request timeout or retries is
                     // forwarded in this future; the others take the boxed path.
                     Ok(found) if found.is_plain() && early.ran.is_empty() => {
-                        let request = request.map(|b| RequestBody::Client(ClientBody::new(b)));
+                        let stall = (!grpc).then_some(self.options.client_body_timeout);
+                        let request =
+                            request.map(|b| RequestBody::Client(ClientBody::new(b, stall)));
                         (
                             &found.rule.stats,
                             self.forward(&table, found, &conn, request, 0).await,
@@ -257,7 +268,8 @@ impl Dataplane {
         let filters = found.rule.filters.as_deref();
         let grpc = is_grpc(&request);
         let (parts, body) = request.into_parts();
-        let mut client_body = ClientBody::new(body);
+        let stall = (!grpc).then_some(self.options.client_body_timeout);
+        let mut client_body = ClientBody::new(body, stall);
         let mut request = Request::from_parts(parts, ());
         let mut cors = None;
         // A preflight carries no credentials (Fetch standard), so it is
@@ -436,6 +448,7 @@ impl Dataplane {
                     UpstreamError::Request(_) => ProxyError::Upstream,
                     UpstreamError::Unusable(..) => ProxyError::BackendTls,
                     UpstreamError::TimedOut => ProxyError::Timeout,
+                    UpstreamError::ClientStalled => ProxyError::ClientTimeout,
                 }
             })?;
             let switched = match upgrade {

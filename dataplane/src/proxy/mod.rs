@@ -119,6 +119,14 @@ pub struct Options {
     /// that slow readers cannot hold connections on both sides without end.
     /// One that reads slowly but keeps reading is not cut.
     pub client_send_timeout: std::time::Duration,
+    /// Longest a request body may send nothing while the upstream waits
+    /// for it (nginx's `client_body_timeout`): the request is answered 408
+    /// and its connection closed, so that a client trickling a body, or
+    /// stopping part way, cannot hold a connection on both sides. Only the
+    /// wait between two reads counts; a slow upstream does not. gRPC
+    /// requests are not timed: their client streams may pause for as long
+    /// as their calls last.
+    pub client_body_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -127,6 +135,7 @@ impl Default for Options {
             listen_address: None,
             client_header_timeout: std::time::Duration::from_secs(60),
             client_send_timeout: std::time::Duration::from_secs(60),
+            client_body_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

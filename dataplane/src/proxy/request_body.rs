@@ -16,12 +16,16 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
 
 /// Chunks buffered per mirror before it is cut off.
 const MIRROR_BUFFER: usize = 16;
@@ -59,15 +63,73 @@ pub enum BodyError {
     MirrorCutOff,
     #[error("the request body is larger than the requestLimits filter allows")]
     TooLarge,
+    #[error("the client sent none of its request body for {0:?}")]
+    Stalled(Duration),
+}
+
+/// Whether `error`, or an error it wraps, is a client body that stalled
+/// (`BodyError::Stalled`): the upstream clients wrap body errors in their
+/// own, hyper's as their source, an `io::Error` as its inner error.
+pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if [Some(error), inner]
+            .into_iter()
+            .flatten()
+            .any(|e| matches!(e.downcast_ref(), Some(BodyError::Stalled(_))))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// The client's body, counted against a `requestLimits` body limit when
 /// one applies: past it, the body ends in an error (so the upstream
-/// request is abandoned) and the flag tells the handler to answer 413.
+/// request is abandoned) and the flag tells the handler to answer 413. A
+/// body the client stops sending ends in `BodyError::Stalled` (408).
 #[derive(Debug)]
 pub struct ClientBody {
     body: Incoming,
     limit: Option<BodyLimit>,
+    stall: Option<Stall>,
+}
+
+/// How long the body may keep the upstream waiting for its next bytes
+/// (nginx's `client_body_timeout`): counted only while the body is asked
+/// for and has nothing, so an upstream slow to take it never counts
+/// against the client, and a body that comes with its head never arms a
+/// timer.
+#[derive(Debug)]
+struct Stall {
+    timeout: Duration,
+    /// Made at the body's first wait, then reset at each later one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer counts the current wait (no frame since it was set).
+    armed: bool,
+}
+
+impl Stall {
+    /// Called when the body has nothing yet: whether it has had nothing
+    /// for the whole timeout.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
 }
 
 #[derive(Debug)]
@@ -77,8 +139,19 @@ struct BodyLimit {
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming) -> Self {
-        ClientBody { body, limit: None }
+    /// `stall_timeout`: how long the body may send nothing while it is
+    /// waited for; `None` never times it (gRPC, whose client streams may
+    /// pause for as long as their calls last).
+    pub fn new(body: Incoming, stall_timeout: Option<Duration>) -> Self {
+        ClientBody {
+            body,
+            limit: None,
+            stall: stall_timeout.map(|timeout| Stall {
+                timeout,
+                timer: None,
+                armed: false,
+            }),
+        }
     }
 
     /// Caps the body at `max` bytes; the flag is set when it goes past.
@@ -102,6 +175,15 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(stall) = &mut this.stall {
+            match polled {
+                Poll::Pending if stall.expired(cx) => {
+                    return Poll::Ready(Some(Err(BodyError::Stalled(stall.timeout))));
+                }
+                Poll::Pending => {}
+                Poll::Ready(_) => stall.armed = false,
+            }
+        }
         if let (Some(limit), Poll::Ready(Some(Ok(frame)))) = (&mut this.limit, &polled)
             && let Some(data) = frame.data_ref()
         {
@@ -281,5 +363,26 @@ impl Body for RequestBody {
             }
             Self::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that names another as its source, as hyper's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    #[test]
+    fn a_stalled_body_is_found_however_the_upstream_client_wraps_it() {
+        let timeout = Duration::from_secs(1);
+        let io = std::io::Error::other(BodyError::Stalled(timeout));
+        assert!(stalled(&io));
+        assert!(stalled(&Wrapped(Box::new(BodyError::Stalled(timeout)))));
+        assert!(stalled(&Wrapped(Box::new(Wrapped(Box::new(io))))));
+        assert!(!stalled(&std::io::Error::other(BodyError::TooLarge)));
+        assert!(!stalled(&Wrapped(Box::new(std::io::Error::other("reset")))));
     }
 }

@@ -30,8 +30,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::{
-    Connection, Dataplane, ProxyError, body::ProxyBody, request_body::Buffered,
-    request_body::RequestBody, upgrade,
+    Connection, Dataplane, ProxyError, body::ProxyBody, request_body::BodyError,
+    request_body::Buffered, request_body::RequestBody, upgrade,
 };
 use crate::table::{Found, RetryPolicy, Table};
 
@@ -134,7 +134,10 @@ impl Replay {
         let (parts, body) = request.into_parts();
         let collected = body.collect().await.map_err(|error| {
             tracing::debug!(%error, "client body failed while buffered for retries");
-            ProxyError::BadRequest
+            match error {
+                BodyError::Stalled(_) => ProxyError::ClientTimeout,
+                _ => ProxyError::BadRequest,
+            }
         })?;
         let trailers = collected.trailers().cloned();
         let data: Bytes = collected.to_bytes();

@@ -113,12 +113,26 @@ where
             if awaited != Awaited::LineFeed && begun.is_none() {
                 begun = Some(activity.begin());
             }
-            let more = tokio::select! {
-                biased;
-                () = activity.idle_close(), if awaited == Awaited::LineFeed => {
-                    return Outcome::Closed;
+            let more = if awaited == Awaited::LineFeed {
+                tokio::select! {
+                    biased;
+                    () = activity.idle_close() => return Outcome::Closed,
+                    more = io.read_buf(&mut read) => more,
                 }
-                more = io.read_buf(&mut read) => more,
+            } else {
+                // A body that sends nothing for the body timeout is
+                // answered 408, as on hyper's path (`ClientBody`).
+                let timeout = dataplane.options.client_body_timeout;
+                match tokio::time::timeout(timeout, io.read_buf(&mut read)).await {
+                    Ok(more) => more,
+                    Err(_) => {
+                        tracing::debug!(client = %conn.client, "request body stalled");
+                        answer_locally(&mut out, ProxyError::ClientTimeout, true, false);
+                        let _ = write_all(&mut io, &out).await;
+                        let _ = io.shutdown().await;
+                        return Outcome::Closed;
+                    }
+                }
             };
             match more {
                 Ok(0) | Err(_) => return Outcome::Closed,
@@ -645,5 +659,7 @@ fn proxy_error(error: UpstreamError) -> ProxyError {
         UpstreamError::Request(_) => ProxyError::Upstream,
         UpstreamError::Unusable(..) => ProxyError::BackendTls,
         UpstreamError::TimedOut => ProxyError::Timeout,
+        // The passthrough sends only bodies it already holds.
+        UpstreamError::ClientStalled => ProxyError::Upstream,
     }
 }
