@@ -133,12 +133,22 @@ wait_ok() {
     exit 1
 }
 
-# The upstream on a free port, pinned to load_cpu; waits for its readiness line.
+# The upstream on a free port, pinned to load_cpu; waits for its readiness
+# line. `gatehouse-echo --minimal` by default: it shares its core with wrk,
+# and the less it costs, the more of that core is left before it, rather
+# than the proxy, limits requests/s. UPSTREAM=hyper runs the echo's full
+# mode (hyper, two tokio workers) as the benchmarks did before 2026-12-05.
 start_upstream() {
     mkfifo "$tmp/echo.out"
+    local mode=()
+    case ${UPSTREAM:-minimal} in
+    minimal) mode=(--minimal) ;;
+    hyper) ;;
+    *) echo "UPSTREAM must be minimal or hyper, not $UPSTREAM" >&2; exit 2 ;;
+    esac
     # Not through `spawn`: a redirection of a function call would open the
     # FIFO in this shell and block before anything reads it.
-    taskset -c "$load_cpu" "$bin_dir/gatehouse-echo" --listen 127.0.0.1:0 --body ok \
+    taskset -c "$load_cpu" "$bin_dir/gatehouse-echo" --listen 127.0.0.1:0 --body ok "${mode[@]}" \
         >"$tmp/echo.out" 2>"$tmp/echo.err" &
     echo_pid=$!
     pids+=("$echo_pid")

@@ -9,8 +9,9 @@
 #   direct     wrk -> gatehouse-echo
 #   nginx      wrk -> nginx (1 worker, keepalive upstream pool) -> gatehouse-echo
 #   gatehouse  wrk -> gatehouse-dataplane --workers 1 -> gatehouse-echo
-# The proxy under test is pinned to CPU 0; the upstream (gatehouse-echo with a
-# fixed two-byte body) and the load generator (wrk, 1 thread, 64 connections)
+# The proxy under test is pinned to CPU 0; the upstream (gatehouse-echo
+# --minimal with a fixed two-byte body; UPSTREAM=hyper for the echo's full,
+# hyper-based mode) and the load generator (wrk, 1 thread, 64 connections)
 # share CPU 1, so both proxies see the same interference. Each target gets a
 # warm-up (default 2 s) and then a measured run (default 10 s, `--latency`).
 #
@@ -153,7 +154,7 @@ fig() { local -n table=$1; echo "${table[$2 ${pick[$2]}]}"; }
 report() {
     echo "# bench/proxy.sh: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "# $(machine_line); load average before the run $load_before"
-    echo "# wrk -t1 -c$connections -d${duration}s --latency after ${warmup}s warm-up, $repeat round(s); proxy on CPU $proxy_cpu, wrk and upstream on CPU $load_cpu"
+    echo "# wrk -t1 -c$connections -d${duration}s --latency after ${warmup}s warm-up, $repeat round(s); proxy on CPU $proxy_cpu, wrk and upstream (${UPSTREAM:-minimal}) on CPU $load_cpu"
     echo
     echo "| target | requests/s | p50 (µs) | p99 (µs) | proxy CPU (µs/req) | proxy busy (% of a CPU) | load core busy (%) | upstream CPU (µs/req) | errors | requests/s over rounds |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

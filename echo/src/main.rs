@@ -13,6 +13,7 @@
 //! conformance backend reads: `responseCode=N&succeedAfter=K&uuid=ID`
 //! answers N to the first K requests carrying that `uuid`, then as usual;
 //! the JSON echo's `attempt` counts the requests seen for the `uuid`.
+//! `--minimal` with `--body` is the benchmarks' upstream (see `minimal.rs`).
 //! `--grpc` serves the gRPC health service instead; `--tls-cert` and
 //! `--tls-key` serve HTTPS, `--tls-client-ca` requires client certificates
 //! of that CA. `--delay-ms` delays
@@ -35,6 +36,8 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::TcpListener;
+
+mod minimal;
 
 #[derive(Parser, Debug)]
 #[command(name = "gatehouse-echo", about = "Echo backend for Gatehouse")]
@@ -69,6 +72,11 @@ struct Args {
     /// this backend, so a caller can tell which backend answered.
     #[arg(long)]
     grpc: bool,
+    /// With `--body`: the cheapest upstream for benchmarks, HTTP/1.1 only,
+    /// on one thread; answers every request with the body and ignores the
+    /// other options (see `minimal.rs`).
+    #[arg(long, requires = "body", conflicts_with_all = ["grpc", "tls_cert", "record", "delay_ms"])]
+    minimal: bool,
 }
 
 const RECORDED_PATH: &str = "/__echo/recorded";
@@ -86,9 +94,38 @@ struct Echo {
     attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.minimal {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve_minimal(args));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve_minimal(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    print_listening(listener.local_addr()?)?;
+    let body = args.body.unwrap_or_default();
+    minimal::serve(listener, &args.name, body.as_bytes()).await
+}
+
+/// The readiness line callers wait for.
+fn print_listening(local: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {local}")?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -108,11 +145,7 @@ async fn main() -> anyhow::Result<()> {
     if args.grpc {
         return serve_grpc(listener, &echo.name).await;
     }
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {local}")?;
-        out.flush()?;
-    }
+    print_listening(local)?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -370,11 +403,7 @@ async fn serve_grpc(listener: TcpListener, name: &str) -> anyhow::Result<()> {
     reporter
         .set_service_status(name, tonic_health::ServingStatus::Serving)
         .await;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", listener.local_addr()?)?;
-        out.flush()?;
-    }
+    print_listening(listener.local_addr()?)?;
     tonic::transport::Server::builder()
         .add_service(health)
         .serve_with_incoming_shutdown(
