@@ -160,7 +160,7 @@ impl Reaper {
     /// Tells every watched connection to close once idle (see
     /// `Activity::idle_close`); they stay watched, so that one slow to send
     /// its head still expires. A connection a look of `run` holds out of the
-    /// queue meanwhile is told at the next look.
+    /// queue meanwhile is told by that look (see `tick`).
     pub fn close_all(&self) {
         self.closing.store(true, SeqCst);
         for _ in 0..self.watched.len() {
@@ -184,9 +184,6 @@ impl Reaper {
             let Some(activity) = watched.activity.upgrade() else {
                 continue;
             };
-            if self.closing.load(SeqCst) {
-                activity.close();
-            }
             let started = activity.started.load(Relaxed);
             let waiting = started == activity.finished.load(Relaxed);
             // Waiting now, and already at the last look with no request
@@ -205,6 +202,12 @@ impl Reaper {
             watched.last_started = started;
             watched.was_waiting = waiting;
             self.watched.push(watched);
+            // Looked at after the push: `close_all` sets the flag before it
+            // goes through the queue, so either it finds this connection
+            // back in the queue, or this sees the flag.
+            if self.closing.load(SeqCst) {
+                activity.close();
+            }
         }
     }
 }
