@@ -28,7 +28,7 @@
 # faster, so requests/s measured them rather than the proxy, and no proxy
 # could pass the direct connection's requests/s.
 #
-# `--repeat N` runs N rounds, each target once per round, interleaved so that
+# `--repeat N` (default 3) runs N rounds, each target once per round, interleaved so that
 # background load drifting over time hits every target alike; each target's
 # row is its round with the median requests/s, and a column gives the
 # requests/s range over the rounds. The gatehouse/nginx requests/s ratio of
@@ -44,7 +44,8 @@
 #
 # Ports (override with the environment): NGINX_PORT=18080, GATEHOUSE_PORT=18081,
 # GATEHOUSE_ADMIN_PORT=18090; the upstream takes a free port. With the defaults
-# the measured part takes about 40 s per round, well under two minutes.
+# the measured part takes about 40 s per round, two minutes in all: one round
+# alone can land in one of the machine's slow spells (see docs/benchmarks.md).
 
 set -euo pipefail
 
@@ -57,7 +58,7 @@ gatehouse_port=${GATEHOUSE_PORT:-18081}
 gatehouse_admin_port=${GATEHOUSE_ADMIN_PORT:-18090}
 proxy_cpu=${PROXY_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
-repeat=1
+repeat=3
 build=1
 out=""
 
