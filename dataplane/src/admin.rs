@@ -152,6 +152,16 @@ impl Collector for DataplaneCollector {
         for (result, count) in [("ack", acks), ("nack", nacks)] {
             ConstCounter::new(count).encode(applies.encode_family(&[("result", result)])?)?;
         }
+        let (header, body) = dataplane.stats().client_timeouts().counts();
+        let mut timeouts = encoder.encode_descriptor(
+            "gatehouse_client_timeouts",
+            "Client connections closed for sending no request head in time (header; on HTTP/2, no stream open), and requests answered 408 for a stalled body (body)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, count) in [("header", header), ("body", body)] {
+            ConstCounter::new(count).encode(timeouts.encode_family(&[("kind", kind)])?)?;
+        }
         let updates = encoder.encode_descriptor(
             "gatehouse_endpoint_updates_applied",
             "Endpoint updates applied in place of whole snapshots (also counted as acks)",

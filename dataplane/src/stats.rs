@@ -93,6 +93,35 @@ impl RouteStats {
     }
 }
 
+/// Client connections and requests the data plane ended because the
+/// client took too long: no request head in time (`--client-header-timeout`;
+/// on HTTP/2, no stream open), or a request body that stopped
+/// (`--client-body-timeout`, answered 408). Send timeouts are the kernel's
+/// (TCP_USER_TIMEOUT) and not counted here.
+#[derive(Debug, Default)]
+pub struct ClientTimeouts {
+    header: AtomicU64,
+    body: AtomicU64,
+}
+
+impl ClientTimeouts {
+    pub fn record_header(&self) {
+        self.header.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_body(&self) {
+        self.body.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (header, body) timeouts counted so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.header.load(Ordering::Relaxed),
+            self.body.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Every route's statistics handle, by route name.
 ///
 /// The lock is taken only when a table is built and when metrics are
@@ -105,6 +134,7 @@ pub struct StatsRegistry {
     )]
     routes: std::sync::Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     no_route: Arc<RouteStats>,
+    client_timeouts: Arc<ClientTimeouts>,
 }
 
 impl Default for StatsRegistry {
@@ -112,6 +142,7 @@ impl Default for StatsRegistry {
         Self {
             routes: Default::default(),
             no_route: Arc::new(RouteStats::new(Arc::from(""))),
+            client_timeouts: Arc::default(),
         }
     }
 }
@@ -132,6 +163,10 @@ impl StatsRegistry {
     /// The handle for requests that matched no route.
     pub fn no_route(&self) -> &Arc<RouteStats> {
         &self.no_route
+    }
+
+    pub fn client_timeouts(&self) -> &Arc<ClientTimeouts> {
+        &self.client_timeouts
     }
 
     /// Copies of all routes' statistics, sorted by route name, the no-route

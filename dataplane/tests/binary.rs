@@ -128,6 +128,20 @@ async fn serves_a_snapshot_file_and_reports_it() {
         .unwrap();
     assert!(received.starts_with(b"HTTP/1.1 200"));
     assert!(answered.elapsed() >= Duration::from_secs(1));
+    let metrics = String::from_utf8(
+        get(&client, admin, "admin", "/metrics", &[])
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    // This one, and the client's pooled connection if it idled as long.
+    let header_timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_client_timeouts_total{kind=\"header\"} "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no header timeout count in\n{metrics}"));
+    assert!(header_timeouts >= 1, "{metrics}");
 
     // The `kill` command keeps the test free of unsafe libc calls.
     let status = Command::new("kill")

@@ -614,6 +614,8 @@ async fn connections_without_a_complete_head_in_time_are_closed_and_busy_ones_ke
     let idle_text = String::from_utf8_lossy(&idle_bytes);
     assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
     assert!(idle_after >= TIMEOUT, "closed after {idle_after:?}");
+    let (header_timeouts, _) = dataplane.stats().client_timeouts().counts();
+    assert_eq!(header_timeouts, 3, "silent, slow and idle");
 
     // A connection whose requests come within the timeout of each other
     // stays open well past it.
@@ -787,6 +789,9 @@ async fn h2_connections_without_a_stream_in_time_get_a_goaway_and_busy_ones_are_
     assert!(silent_after >= TIMEOUT, "closed after {silent_after:?}");
     let types = h2_frame_types(&silent_bytes);
     assert!(types.contains(&GOAWAY), "frames sent: {types:?}");
+    // The silent one; the others only once idle, which may be by now.
+    let (header_timeouts, _) = dataplane.stats().client_timeouts().counts();
+    assert!(header_timeouts >= 1);
 }
 
 /// A backend that answers its first connection's request with a chunked
@@ -1023,6 +1028,11 @@ async fn a_request_body_that_stops_is_answered_408_on_every_path_and_slow_ones_a
     assert_eq!(stopped, 408);
     assert_eq!(grpc_status, 200);
     assert_eq!(&grpc_body[..], b"Ok(6)");
+    assert_eq!(
+        dataplane.stats().client_timeouts().counts(),
+        (0, 3),
+        "the Content-Length, chunked and HTTP/2 bodies"
+    );
 }
 
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local

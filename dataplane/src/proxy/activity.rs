@@ -29,6 +29,7 @@ use futures::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 
 use super::body::{BoxError, ProxyBody};
+use crate::stats::ClientTimeouts;
 
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -107,6 +108,8 @@ impl Activity {
 /// it.
 pub struct Reaper {
     timeout: Duration,
+    /// Counts the connections it expires.
+    counts: Arc<ClientTimeouts>,
     watched: SegQueue<Watched>,
     /// The port is closing: every look tells its connection so too.
     closing: AtomicBool,
@@ -123,9 +126,10 @@ struct Watched {
 }
 
 impl Reaper {
-    pub fn new(timeout: Duration) -> Arc<Self> {
+    pub fn new(timeout: Duration, counts: Arc<ClientTimeouts>) -> Arc<Self> {
         Arc::new(Self {
             timeout,
+            counts,
             watched: SegQueue::new(),
             closing: AtomicBool::new(false),
         })
@@ -193,6 +197,7 @@ impl Reaper {
             if waiting && watched.was_waiting && started == watched.last_started {
                 watched.quiet += 1;
                 if watched.quiet == 2 {
+                    self.counts.record_header();
                     activity.expire();
                     continue;
                 }
@@ -272,7 +277,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_expires_after_one_to_one_and_a_half_timeouts_of_waiting() {
-        let reaper = Reaper::new(TIMEOUT);
+        let reaper = Reaper::new(TIMEOUT, Arc::default());
         let _reaping = tokio::spawn(reaper.clone().run());
         let start = Instant::now();
 
@@ -315,7 +320,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn closing_the_port_tells_every_connection_and_still_expires_them() {
-        let reaper = Reaper::new(TIMEOUT);
+        let reaper = Reaper::new(TIMEOUT, Arc::default());
         let _reaping = tokio::spawn(reaper.clone().run());
         let start = Instant::now();
         let watched = Arc::new(Activity::default());
@@ -336,7 +341,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_connection_is_forgotten() {
-        let reaper = Reaper::new(TIMEOUT);
+        let reaper = Reaper::new(TIMEOUT, Arc::default());
         let _reaping = tokio::spawn(reaper.clone().run());
         let closed = Arc::new(Activity::default());
         reaper.watch(&closed);

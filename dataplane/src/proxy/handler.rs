@@ -448,7 +448,10 @@ impl Dataplane {
                     UpstreamError::Request(_) => ProxyError::Upstream,
                     UpstreamError::Unusable(..) => ProxyError::BackendTls,
                     UpstreamError::TimedOut => ProxyError::Timeout,
-                    UpstreamError::ClientStalled => ProxyError::ClientTimeout,
+                    UpstreamError::ClientStalled => {
+                        self.stats.client_timeouts().record_body();
+                        ProxyError::ClientTimeout
+                    }
                 }
             })?;
             let switched = match upgrade {

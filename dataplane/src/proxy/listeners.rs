@@ -157,7 +157,7 @@ async fn accept_loop(
     // `graceful` yet; this tells them to close.
     let (closing, closed) = watch::channel(false);
     let header_timeout = dataplane.options.client_header_timeout;
-    let reaper = Reaper::new(header_timeout);
+    let reaper = Reaper::new(header_timeout, dataplane.stats().client_timeouts().clone());
     let reaping = tokio::spawn(reaper.clone().run());
     let builders = Arc::new(Builders {
         http1: http1::Builder::new(),
@@ -334,6 +334,7 @@ async fn serve_cleartext(
             }
             Err(_) => {
                 tracing::debug!(%port, %client, "no request within the header timeout");
+                dataplane.stats().client_timeouts().record_header();
                 return;
             }
         },

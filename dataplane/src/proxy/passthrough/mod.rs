@@ -127,6 +127,7 @@ where
                     Ok(more) => more,
                     Err(_) => {
                         tracing::debug!(client = %conn.client, "request body stalled");
+                        dataplane.stats().client_timeouts().record_body();
                         answer_locally(&mut out, ProxyError::ClientTimeout, true, false);
                         let _ = write_all(&mut io, &out).await;
                         let _ = io.shutdown().await;
