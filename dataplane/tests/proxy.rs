@@ -880,8 +880,8 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_a_slo
     );
 }
 
-/// A backend that reads each request's whole body before it answers, with
-/// `Ok(` the body's length `)`.
+/// A backend (HTTP/1.1 and h2c) that reads each request's whole body
+/// before it answers, with `Ok(` the body's length `)`.
 async fn body_reading_upstream() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -901,7 +901,7 @@ async fn body_reading_upstream() -> std::net::SocketAddr {
                         ))
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -1033,6 +1033,281 @@ async fn a_request_body_that_stops_is_answered_408_on_every_path_and_slow_ones_a
         (0, 3),
         "the Content-Length, chunked and HTTP/2 bodies"
     );
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_408_to_h2c_upstreams_and_on_retried_and_timed_routes() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let backend = body_reading_upstream().await;
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_body_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    // "/" retries 502s (its bodies are held for that), "/timed" has a
+    // request timeout, "/h2c" goes to the backend over h2c, whose client
+    // resets the stream with an error of its own when the body fails.
+    let mut retried = rule("retried", vec![to_cluster(1, 0)]);
+    retried.retry = Some(pb::Retry {
+        codes: vec![502],
+        attempts: 2,
+        backoff_ms: 1,
+    });
+    let mut timed = rule("timed", vec![to_cluster(1, 0)]);
+    timed.request_timeout_ms = 10_000;
+    let mut h2c = cluster("ns/h2c:80", &[backend]);
+    h2c.protocol = pb::UpstreamProtocol::H2c as i32;
+    let snapshot = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "",
+                vec![vhost(
+                    "",
+                    vec![prefix("/timed", 1), prefix("/h2c", 2), prefix("/", 0)],
+                )],
+            )],
+        )],
+        vec![retried, timed, rule("h2c", vec![to_cluster(1, 1)])],
+        vec![cluster("ns/r:80", &[backend]), h2c],
+    );
+    dataplane.apply(snapshot).await.expect("snapshot applies");
+    let post =
+        |path: &str, rest: &str| format!("POST {path} HTTP/1.1\r\nhost: a\r\n{rest}").into_bytes();
+    let chunked = "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n";
+    // Served whole first, so that a 408 below is the stall's doing.
+    let mut whole = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    whole
+        .write_all(&post(
+            "/h2c",
+            "connection: close\r\ncontent-length: 3\r\n\r\nabc",
+        ))
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut whole).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.ends_with("Ok(3)"), "{answer}");
+
+    let stalls = [
+        post("/", chunked),
+        post("/timed", chunked),
+        post("/h2c", chunked),
+    ];
+    let answers = futures::future::join_all(stalls.iter().map(|request| async move {
+        let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let (answer, after) = read_until_closed(&mut stream).await;
+        (String::from_utf8_lossy(&answer).into_owned(), after)
+    }))
+    .await;
+    for (answer, after) in &answers {
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(*after >= TIMEOUT, "answered after {after:?}");
+    }
+    assert_eq!(dataplane.stats().client_timeouts().counts(), (0, 3));
+}
+
+/// An HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn an_h2_stream_sent_as_the_idle_goaway_goes_out_is_served() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    // Frame types and flags (RFC 9113 §6).
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const ACK: u8 = 1;
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_header_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    // Longer than the grace the data plane gives a GOAWAY.
+    let backend = slow_upstream(TIMEOUT).await;
+    dataplane
+        .apply(single_route(bind, "slow", backend))
+        .await
+        .expect("snapshot applies");
+    // A client that answers SETTINGS and PINGs, idles until the GOAWAY,
+    // and sends a request the moment it arrives, before the GOAWAY's PING
+    // is answered: the server has taken it (last stream id 1).
+    let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (mut read, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let (mut requested, mut answered) = (false, false);
+    while !answered {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the stream was answered");
+        read.extend_from_slice(&chunk[..n]);
+        while read.len() >= 9 {
+            let length = u32::from_be_bytes([0, read[0], read[1], read[2]]) as usize;
+            if read.len() < 9 + length {
+                break;
+            }
+            let (kind, flags) = (read[3], read[4]);
+            let id = u32::from_be_bytes([read[5], read[6], read[7], read[8]]) & 0x7fff_ffff;
+            let payload = read[9..9 + length].to_vec();
+            read.drain(..9 + length);
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    stream
+                        .write_all(&h2_frame(SETTINGS, ACK, 0, &[]))
+                        .await
+                        .unwrap();
+                }
+                PING if flags & ACK == 0 => {
+                    stream
+                        .write_all(&h2_frame(PING, ACK, 0, &payload))
+                        .await
+                        .unwrap();
+                }
+                GOAWAY if !requested => {
+                    requested = true;
+                    // :method GET, :scheme http, :path /slow, :authority a
+                    // (HPACK static indexes and literals).
+                    let mut block = vec![0x82, 0x86, 0x04, 5];
+                    block.extend_from_slice(b"/slow");
+                    block.extend_from_slice(&[0x01, 1, b'a']);
+                    let flags = END_STREAM | END_HEADERS;
+                    stream
+                        .write_all(&h2_frame(HEADERS, flags, 1, &block))
+                        .await
+                        .unwrap();
+                }
+                DATA if id == 1 && flags & END_STREAM != 0 => answered = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(requested);
+}
+
+/// Accepts connections and never reads from them.
+async fn sink_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_h2_body_held_up_by_another_streams_upload_is_not_answered_408() {
+    use futures::SinkExt;
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let bind = free_port();
+    let dataplane = Dataplane::with_options(Options {
+        client_body_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    // "/stuck" goes to an upstream that never reads.
+    let snapshot = snapshot(
+        vec![port(
+            bind,
+            vec![listener(
+                "",
+                vec![vhost("", vec![prefix("/stuck", 1), prefix("/", 0)])],
+            )],
+        )],
+        vec![
+            rule("reads", vec![to_cluster(1, 0)]),
+            rule("stuck", vec![to_cluster(1, 1)]),
+        ],
+        vec![
+            cluster("ns/reads:80", &[body_reading_upstream().await]),
+            cluster("ns/stuck:80", &[sink_upstream().await]),
+        ],
+    );
+    dataplane.apply(snapshot).await.expect("snapshot applies");
+    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // An upload of 64 MiB that its upstream does not take: it fills its
+    // stream's window, and no more.
+    let (mut frames, body) = futures::channel::mpsc::channel::<BodyFrame>(4);
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let megabyte = hyper::body::Frame::data(Bytes::from(vec![b'x'; 1 << 20]));
+            if frames.send(Ok(megabyte)).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    let upload = Request::post("http://a/stuck")
+        .body(http_body_util::StreamBody::new(body))
+        .unwrap();
+    let mut uploading = sender.clone();
+    tokio::spawn(async move { uploading.send_request(upload).await });
+    tokio::time::sleep(TIMEOUT * 4).await;
+    // A second stream whose client has its whole body ready.
+    let (mut frames, request) = h2_streamed(false);
+    frames
+        .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"abcdef"))))
+        .await
+        .unwrap();
+    let response = sender.clone().send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Ok(6)");
+}
+
+#[tokio::test]
+async fn a_closing_port_is_not_held_by_an_h2_client_that_ignores_its_goaway() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let [bind, other] = free_ports::<2>();
+    let dataplane = Dataplane::with_options(Options {
+        client_header_timeout: TIMEOUT,
+        ..Options::default()
+    });
+    let backend = echo("e").await;
+    dataplane
+        .apply(single_route(bind, "r", backend))
+        .await
+        .expect("snapshot applies");
+    // Sends the preface, then never answers a PING.
+    let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Served as HTTP/2 once the server's SETTINGS come.
+    let mut settings = [0u8; 9];
+    stream.read_exact(&mut settings).await.unwrap();
+    assert_eq!(settings[3], 4, "not a SETTINGS frame");
+    let length = u32::from_be_bytes([0, settings[0], settings[1], settings[2]]) as usize;
+    stream.read_exact(&mut vec![0u8; length]).await.unwrap();
+    // The port goes away while the connection idles on it.
+    dataplane
+        .apply(single_route(other, "r", backend))
+        .await
+        .expect("snapshot applies");
+    let (received, after) = read_until_closed(&mut stream).await;
+    let types = h2_frame_types(&received);
+    assert!(types.contains(&7), "no GOAWAY in {types:?}");
+    // The reaper's timeout (at most one and a half), then the grace (half).
+    assert!(after <= TIMEOUT * 3, "closed after {after:?}");
 }
 
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local

@@ -86,6 +86,11 @@ impl Activity {
         })
     }
 
+    /// Whether no request is in flight (each begun one has finished).
+    pub fn is_idle(&self) -> bool {
+        self.started.load(Relaxed) == self.finished.load(Relaxed)
+    }
+
     /// Whether the port has told this connection to close.
     pub fn is_closing(&self) -> bool {
         self.closing.load(SeqCst)

@@ -206,13 +206,11 @@ impl Dataplane {
                     // A rule without filters, request timeout or retries is
                     // forwarded in this future; the others take the boxed path.
                     Ok(found) if found.is_plain() && early.ran.is_empty() => {
-                        let stall = (!grpc).then_some(self.options.client_body_timeout);
-                        let request =
-                            request.map(|b| RequestBody::Client(ClientBody::new(b, stall)));
-                        (
-                            &found.rule.stats,
-                            self.forward(&table, found, &conn, request, 0).await,
-                        )
+                        let (parts, body) = request.into_parts();
+                        let (body, stalled) = self.client_body(body, grpc);
+                        let request = Request::from_parts(parts, RequestBody::Client(body));
+                        let result = self.forward(&table, found, &conn, request, 0).await;
+                        (&found.rule.stats, self.unless_stalled(result, &stalled))
                     }
                     Ok(found) => (
                         &found.rule.stats,
@@ -233,6 +231,36 @@ impl Dataplane {
                 response
             };
             Ok(response.map(|body| finish.attach(body)))
+        }
+    }
+
+    /// The client's body, its waits timed (`--client-body-timeout`) unless
+    /// it has already ended or belongs to a gRPC call, whose client streams
+    /// may pause for as long as their calls last; the flag says it stalled.
+    fn client_body(
+        &self,
+        body: Incoming,
+        grpc: bool,
+    ) -> (ClientBody, Option<Arc<std::sync::atomic::AtomicBool>>) {
+        let mut client_body = ClientBody::new(body);
+        let stalled = (!grpc && !http_body::Body::is_end_stream(&client_body))
+            .then(|| client_body.time_stalls(self.options.client_body_timeout));
+        (client_body, stalled)
+    }
+
+    /// `result`, or a 408 when it failed because the client's body stalled,
+    /// whatever error the upstream client made of that.
+    fn unless_stalled<T>(
+        &self,
+        result: Result<T, ProxyError>,
+        stalled: &Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<T, ProxyError> {
+        match stalled {
+            Some(flag) if result.is_err() && flag.load(Ordering::Acquire) => {
+                self.stats.client_timeouts().record_body();
+                Err(ProxyError::ClientTimeout)
+            }
+            _ => result,
         }
     }
 
@@ -268,8 +296,7 @@ impl Dataplane {
         let filters = found.rule.filters.as_deref();
         let grpc = is_grpc(&request);
         let (parts, body) = request.into_parts();
-        let stall = (!grpc).then_some(self.options.client_body_timeout);
-        let mut client_body = ClientBody::new(body, stall);
+        let (mut client_body, stalled) = self.client_body(body, grpc);
         let mut request = Request::from_parts(parts, ());
         let mut cors = None;
         // A preflight carries no credentials (Fetch standard), so it is
@@ -298,9 +325,9 @@ impl Dataplane {
         }
         let body_too_large = passed.body_limit.map(|max| client_body.limit(max));
         let request = request.map(|()| RequestBody::Client(client_body));
+        let result = self.routed(table, found, conn, request, cors).await;
         let result = self
-            .routed(table, found, conn, request, cors)
-            .await
+            .unless_stalled(result, &stalled)
             .or_else(|error| match &body_too_large {
                 Some(exceeded) if exceeded.load(Ordering::Acquire) => {
                     let local =
@@ -448,10 +475,6 @@ impl Dataplane {
                     UpstreamError::Request(_) => ProxyError::Upstream,
                     UpstreamError::Unusable(..) => ProxyError::BackendTls,
                     UpstreamError::TimedOut => ProxyError::Timeout,
-                    UpstreamError::ClientStalled => {
-                        self.stats.client_timeouts().record_body();
-                        ProxyError::ClientTimeout
-                    }
                 }
             })?;
             let switched = match upgrade {

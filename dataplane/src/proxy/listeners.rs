@@ -40,6 +40,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pending connections the kernel may queue per port.
 const BACKLOG: u32 = 1024;
 
+/// What an HTTP/2 client may send on one stream, then on the whole
+/// connection, before the data plane has passed it on. hyper's default
+/// makes them equal (1 MiB), so one stream whose upstream stops reading
+/// would take the whole connection's window and hold up every other
+/// stream's body, which `--client-body-timeout` would then blame on their
+/// clients. Four streams' worth keeps the others moving, and bounds what a
+/// connection buffers at 4 MiB.
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 4 * H2_STREAM_WINDOW;
+
 #[derive(Debug, thiserror::Error)]
 #[error("binding {port} failed: {source}")]
 pub struct BindError {
@@ -161,8 +171,20 @@ async fn accept_loop(
     let reaping = tokio::spawn(reaper.clone().run());
     let builders = Arc::new(Builders {
         http1: http1::Builder::new(),
-        http2: http2::Builder::new(TokioExecutor::new()),
-        auto: auto::Builder::new(TokioExecutor::new()),
+        http2: {
+            let mut http2 = http2::Builder::new(TokioExecutor::new());
+            http2
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            http2
+        },
+        auto: {
+            let mut auto = auto::Builder::new(TokioExecutor::new());
+            auto.http2()
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            auto
+        },
         reaper,
         header_timeout,
     });
@@ -470,18 +492,20 @@ enum OnExpiry {
     Drop,
     /// Shut it down gracefully, which tells an HTTP/2 client with a GOAWAY
     /// that no further stream will be served, so that it does not send one
-    /// into a closing connection; close it after this grace if the client
-    /// keeps it open (a GOAWAY completes only once the client answers a
-    /// PING).
+    /// into a closing connection. hyper closes it once the client has
+    /// answered the GOAWAY's PING and no stream is open; a client that does
+    /// not answer loses it after this grace, once no stream is open (one
+    /// sent as the GOAWAY went out is still served).
     GoAway(Duration),
 }
 
 /// Drives a connection (HTTP/1.1 with upgrades, which hyper-util's graceful
 /// watcher cannot hold, or HTTP/2): `closing` starts its graceful shutdown,
 /// and holding `watcher` until it ends keeps the port's shutdown waiting
-/// for it all the same. The port's reaper, which watches `activity`, tells
-/// when it has waited too long for a request; `on_expiry` says how it
-/// then ends.
+/// for it all the same. The port's reaper, which watches `activity` while
+/// the port drains too, tells when it has waited too long for a request;
+/// `on_expiry` says how it then ends, so that a connection never holds a
+/// closing port beyond the reaper's timeout for lack of a request.
 async fn until_done<C, E>(
     connection: C,
     shutdown: fn(Pin<&mut C>),
@@ -493,26 +517,41 @@ async fn until_done<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    let idle = activity.expired();
     let mut connection = std::pin::pin!(connection);
-    // The guard `wait_for` returns must not live across the await below.
-    let closed = async {
+    let mut expired = std::pin::pin!(activity.expired());
+    // The guard `wait_for` returns must not live across an await.
+    let mut closed = std::pin::pin!(async {
         let _ = closing.wait_for(|closing| *closing).await;
-    };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = closed => {
-            shutdown(connection.as_mut());
-            connection.await
-        }
-        () = idle => {
-            tracing::debug!("no request within the header timeout; closing");
-            match on_expiry {
-                OnExpiry::Drop => Ok(()),
-                OnExpiry::GoAway(grace) => {
-                    shutdown(connection.as_mut());
-                    tokio::time::timeout(grace, connection).await.unwrap_or(Ok(()))
+    });
+    let (mut shut, mut told) = (false, false);
+    // Past it, a connection told to go away is dropped once no stream is open.
+    let mut grace: Option<(Duration, tokio::time::Instant)> = None;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = closed.as_mut(), if !shut => {
+                shut = true;
+                shutdown(connection.as_mut());
+            }
+            () = expired.as_mut(), if !told => {
+                told = true;
+                tracing::debug!("no request within the header timeout; closing");
+                match on_expiry {
+                    OnExpiry::Drop => break Ok(()),
+                    OnExpiry::GoAway(period) => {
+                        if !shut {
+                            shut = true;
+                            shutdown(connection.as_mut());
+                        }
+                        grace = Some((period, tokio::time::Instant::now() + period));
+                    }
                 }
+            }
+            () = tokio::time::sleep_until(grace.map_or_else(tokio::time::Instant::now, |g| g.1)), if grace.is_some() => {
+                if activity.is_idle() {
+                    break Ok(());
+                }
+                grace = grace.map(|(period, _)| (period, tokio::time::Instant::now() + period));
             }
         }
     };

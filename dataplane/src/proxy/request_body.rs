@@ -67,32 +67,12 @@ pub enum BodyError {
     Stalled(Duration),
 }
 
-/// Whether `error`, or an error it wraps, is a client body that stalled
-/// (`BodyError::Stalled`): the upstream clients wrap body errors in their
-/// own, hyper's as their source, an `io::Error` as its inner error.
-pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        let inner = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if [Some(error), inner]
-            .into_iter()
-            .flatten()
-            .any(|e| matches!(e.downcast_ref(), Some(BodyError::Stalled(_))))
-        {
-            return true;
-        }
-        next = error.source();
-    }
-    false
-}
-
 /// The client's body, counted against a `requestLimits` body limit when
 /// one applies: past it, the body ends in an error (so the upstream
 /// request is abandoned) and the flag tells the handler to answer 413. A
-/// body the client stops sending ends in `BodyError::Stalled` (408).
+/// body the client stops sending ends in `BodyError::Stalled`, and its flag
+/// tells the handler to answer 408: an upstream client may not pass the
+/// error on (hyper's HTTP/2 client resets the stream with its own).
 #[derive(Debug)]
 pub struct ClientBody {
     body: Incoming,
@@ -112,6 +92,8 @@ struct Stall {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer counts the current wait (no frame since it was set).
     armed: bool,
+    /// Set once the timeout has passed.
+    fired: Arc<AtomicBool>,
 }
 
 impl Stall {
@@ -139,18 +121,32 @@ struct BodyLimit {
 }
 
 impl ClientBody {
-    /// `stall_timeout`: how long the body may send nothing while it is
-    /// waited for; `None` never times it (gRPC, whose client streams may
-    /// pause for as long as their calls last).
-    pub fn new(body: Incoming, stall_timeout: Option<Duration>) -> Self {
+    pub fn new(body: Incoming) -> Self {
         ClientBody {
             body,
             limit: None,
-            stall: stall_timeout.map(|timeout| Stall {
-                timeout,
-                timer: None,
-                armed: false,
-            }),
+            stall: None,
+        }
+    }
+
+    /// Ends the body in `BodyError::Stalled` once it has sent nothing for
+    /// `timeout` while waited for (see `Stall`); the flag is set then.
+    pub fn time_stalls(&mut self, timeout: Duration) -> Arc<AtomicBool> {
+        let fired = Arc::new(AtomicBool::new(false));
+        self.stall = Some(Stall {
+            timeout,
+            timer: None,
+            armed: false,
+            fired: fired.clone(),
+        });
+        fired
+    }
+
+    /// The wait so far was a look for a frame already there, before the
+    /// upstream was ready for it: the next wait starts the clock anew.
+    pub fn forget_wait(&mut self) {
+        if let Some(stall) = &mut self.stall {
+            stall.armed = false;
         }
     }
 
@@ -178,6 +174,7 @@ impl Body for ClientBody {
         if let Some(stall) = &mut this.stall {
             match polled {
                 Poll::Pending if stall.expired(cx) => {
+                    stall.fired.store(true, Ordering::Release);
                     return Poll::Ready(Some(Err(BodyError::Stalled(stall.timeout))));
                 }
                 Poll::Pending => {}
@@ -238,6 +235,15 @@ impl std::fmt::Debug for Chunk {
 }
 
 impl RequestBody {
+    /// See `ClientBody::forget_wait`.
+    pub fn forget_wait(&mut self) {
+        match self {
+            Self::Client(body) => body.forget_wait(),
+            Self::Tee(tee) => tee.body.forget_wait(),
+            Self::Mirror(_) | Self::Buffered(_) | Self::Empty => {}
+        }
+    }
+
     /// Splits this body into the one to forward and one copy per mirror. A
     /// body that is already complete (a GET) is not teed; a teed one gets
     /// more copies.
@@ -363,26 +369,5 @@ impl Body for RequestBody {
             }
             Self::Empty => SizeHint::with_exact(0),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An error that names another as its source, as hyper's do.
-    #[derive(Debug, thiserror::Error)]
-    #[error("wrapped")]
-    struct Wrapped(#[source] Box<dyn std::error::Error + Send + Sync>);
-
-    #[test]
-    fn a_stalled_body_is_found_however_the_upstream_client_wraps_it() {
-        let timeout = Duration::from_secs(1);
-        let io = std::io::Error::other(BodyError::Stalled(timeout));
-        assert!(stalled(&io));
-        assert!(stalled(&Wrapped(Box::new(BodyError::Stalled(timeout)))));
-        assert!(stalled(&Wrapped(Box::new(Wrapped(Box::new(io))))));
-        assert!(!stalled(&std::io::Error::other(BodyError::TooLarge)));
-        assert!(!stalled(&Wrapped(Box::new(std::io::Error::other("reset")))));
     }
 }

@@ -50,12 +50,7 @@ impl Dataplane {
         let Some(policy) = found.rule.retry.as_deref() else {
             return self.forward(table, found, conn, request, 0).await;
         };
-        let taken = Replay::take(request).await.inspect_err(|error| {
-            if *error == ProxyError::ClientTimeout {
-                self.stats.client_timeouts().record_body();
-            }
-        })?;
-        let replay = match taken {
+        let replay = match Replay::take(request).await? {
             Ok(replay) => replay,
             Err(request) => return self.forward(table, found, conn, request, 0).await,
         };

@@ -31,7 +31,7 @@ use hyper::{
 
 use super::{
     http1_client::{self, ExchangeError, Http1Body, Outgoing, SendError},
-    request_body::{self, RequestBody},
+    request_body::RequestBody,
 };
 use crate::table::UpstreamTls;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -56,19 +56,6 @@ pub enum UpstreamError {
     /// `timeouts.backendRequest` expired before the response head.
     #[error("no response within the backend request timeout")]
     TimedOut,
-    /// The client stopped sending the request's body.
-    #[error("the client stopped sending its request body")]
-    ClientStalled,
-}
-
-impl UpstreamError {
-    /// A failed exchange: the client's body stalling, or the upstream.
-    fn request(error: &(dyn std::error::Error + 'static)) -> Self {
-        if request_body::stalled(error) {
-            return Self::ClientStalled;
-        }
-        Self::Request(error.to_string())
-    }
 }
 
 /// Socket addresses are already well spread in their low bits (port, last
@@ -242,7 +229,7 @@ impl Upstream {
                         return Err(UpstreamError::Request(error.to_string()));
                     }
                     Err(ExchangeError::Failed(error)) => {
-                        return Err(UpstreamError::request(&error));
+                        return Err(UpstreamError::Request(error.to_string()));
                     }
                 }
             }
@@ -302,7 +289,7 @@ impl Upstream {
         sender
             .send_request(request)
             .await
-            .map_err(|e| UpstreamError::request(&e))
+            .map_err(|e| UpstreamError::Request(e.to_string()))
     }
 
     /// Sends a request that asks to switch protocols (a WebSocket upgrade)
@@ -326,10 +313,7 @@ impl Upstream {
         sender
             .send_request(request)
             .await
-            .map_err(|e| match request_body::stalled(&e) {
-                true => UpstreamError::ClientStalled,
-                false => UpstreamError::Request(error_detail(&e)),
-            })
+            .map_err(|e| UpstreamError::Request(error_detail(&e)))
     }
 
     /// Closes the idle HTTP/1.1 connections their upstreams have closed.

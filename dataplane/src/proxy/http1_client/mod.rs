@@ -112,10 +112,15 @@ impl Outgoing {
         let (parts, mut body) = request.into_parts();
         let (mut out, framing) = encode_head(&parts, &body)?;
         let mut writer = BodyWriter::new(framing);
-        if !writer.done
-            && let Some(frame) = body.frame().now_or_never()
-        {
-            writer.encode(frame, &mut out)?;
+        if !writer.done {
+            match body.frame().now_or_never() {
+                Some(frame) => {
+                    writer.encode(frame, &mut out)?;
+                }
+                // Looked for, not waited on: the client's time starts when
+                // a connection is ready to take the body.
+                None => body.forget_wait(),
+            }
         }
         Ok(Self {
             resendable: idempotent && writer.done,

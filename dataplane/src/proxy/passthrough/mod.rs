@@ -660,7 +660,5 @@ fn proxy_error(error: UpstreamError) -> ProxyError {
         UpstreamError::Request(_) => ProxyError::Upstream,
         UpstreamError::Unusable(..) => ProxyError::BackendTls,
         UpstreamError::TimedOut => ProxyError::Timeout,
-        // The passthrough sends only bodies it already holds.
-        UpstreamError::ClientStalled => ProxyError::Upstream,
     }
 }
