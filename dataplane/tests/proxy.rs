@@ -1306,8 +1306,9 @@ async fn a_closing_port_is_not_held_by_an_h2_client_that_ignores_its_goaway() {
     let (received, after) = read_until_closed(&mut stream).await;
     let types = h2_frame_types(&received);
     assert!(types.contains(&7), "no GOAWAY in {types:?}");
-    // The reaper's timeout (at most one and a half), then the grace (half).
-    assert!(after <= TIMEOUT * 3, "closed after {after:?}");
+    // The reaper's timeout (at most one and a half), then two looks half a
+    // timeout apart that find it idle; the rest is slack for a loaded machine.
+    assert!(after <= TIMEOUT * 4, "closed after {after:?}");
 }
 
 /// The established IPv4 sockets of this host, from /proc/net/tcp: local

@@ -86,9 +86,11 @@ impl Activity {
         })
     }
 
-    /// Whether no request is in flight (each begun one has finished).
-    pub fn is_idle(&self) -> bool {
-        self.started.load(Relaxed) == self.finished.load(Relaxed)
+    /// With no request in flight (each begun one has finished), how many
+    /// have begun: the same figure at two looks means idle in between.
+    pub fn idle_after(&self) -> Option<u64> {
+        let started = self.started.load(Relaxed);
+        (started == self.finished.load(Relaxed)).then_some(started)
     }
 
     /// Whether the port has told this connection to close.

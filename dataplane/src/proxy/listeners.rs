@@ -494,8 +494,9 @@ enum OnExpiry {
     /// that no further stream will be served, so that it does not send one
     /// into a closing connection. hyper closes it once the client has
     /// answered the GOAWAY's PING and no stream is open; a client that does
-    /// not answer loses it after this grace, once no stream is open (one
-    /// sent as the GOAWAY went out is still served).
+    /// not answer loses it once no stream has been open for this grace
+    /// (one sent as the GOAWAY went out is still served, and its last
+    /// frames have that long to go out).
     GoAway(Duration),
 }
 
@@ -524,8 +525,10 @@ where
         let _ = closing.wait_for(|closing| *closing).await;
     });
     let (mut shut, mut told) = (false, false);
-    // Past it, a connection told to go away is dropped once no stream is open.
+    // When a connection told to go away is next looked at, and what the
+    // look before saw: dropped once two looks in a row find it idle.
     let mut grace: Option<(Duration, tokio::time::Instant)> = None;
+    let mut idle_at_last_look = None;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
@@ -548,9 +551,11 @@ where
                 }
             }
             () = tokio::time::sleep_until(grace.map_or_else(tokio::time::Instant::now, |g| g.1)), if grace.is_some() => {
-                if activity.is_idle() {
+                let idle = activity.idle_after();
+                if idle.is_some() && idle == idle_at_last_look {
                     break Ok(());
                 }
+                idle_at_last_look = idle;
                 grace = grace.map(|(period, _)| (period, tokio::time::Instant::now() + period));
             }
         }
