@@ -54,6 +54,18 @@ pub enum ProxyError {
     ClientTimeout,
 }
 
+/// How an upstream failure is answered, on every path.
+impl From<UpstreamError> for ProxyError {
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Connect(..) => Self::Connect,
+            UpstreamError::Request(_) => Self::Upstream,
+            UpstreamError::Unusable(..) => Self::BackendTls,
+            UpstreamError::TimedOut => Self::Timeout,
+        }
+    }
+}
+
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
@@ -470,12 +482,7 @@ impl Dataplane {
             };
             let mut response = sent.map_err(|error| {
                 tracing::debug!(cluster = %cluster.name, %error, "upstream failed");
-                match error {
-                    UpstreamError::Connect(..) => ProxyError::Connect,
-                    UpstreamError::Request(_) => ProxyError::Upstream,
-                    UpstreamError::Unusable(..) => ProxyError::BackendTls,
-                    UpstreamError::TimedOut => ProxyError::Timeout,
-                }
+                ProxyError::from(error)
             })?;
             let switched = match upgrade {
                 Some((asked, client_side))

@@ -45,6 +45,7 @@ pub use body::Http1Body;
 pub use passthrough::{RawBody, SendError};
 use request::declared_length;
 use request::{BodyWriter, encode_head};
+pub use response::push_status_line;
 use response::{BodyFacts, Early, Parsed, ResponseHead, early_answer, ends_chunked, parse_head};
 
 /// Most header fields a response head may have (hyper's default too).

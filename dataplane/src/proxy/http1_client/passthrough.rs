@@ -16,7 +16,7 @@ use super::{
     body::{BodyFraming, ChunkState, chunk_size, find_crlf},
     invalid,
     request::add_length,
-    response::{BodyFacts, InPlace, ends_chunked, keeps_alive, parse_in_place},
+    response::{BodyFacts, InPlace, ends_chunked, keeps_alive, parse_in_place, push_status_line},
 };
 use crate::proxy::{headers::is_text, upstream::Http1Pool};
 
@@ -171,11 +171,7 @@ fn forward_head(
     }
     .framing()?;
 
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status);
     for field in response.headers.iter() {
         let name = field.name;
         // Transfer-Encoding stays: the body goes on in the framing it

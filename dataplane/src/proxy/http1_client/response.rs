@@ -63,6 +63,16 @@ pub(super) enum InPlace<'h, 'b> {
     Final(usize, StatusCode, httparse::Response<'h, 'b>),
 }
 
+/// Appends `HTTP/1.1 <code> <reason>` and its line end: how the data plane
+/// begins every response head it writes as bytes.
+pub fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parses the response head at the front of `read` into `fields`; `None`
 /// until it is complete.
 pub(super) fn parse_in_place<'h, 'b>(

@@ -40,7 +40,7 @@ pub(super) use rewind::Rewind;
 
 use super::{
     Connection, Dataplane, activity::Activity, date, handler::ProxyError, handler::check_sni,
-    headers, upstream::UpstreamError,
+    headers, http1_client, upstream::UpstreamError,
 };
 use crate::{
     stats::RouteStats,
@@ -207,7 +207,7 @@ where
                     }
                     Err(error) => {
                         tracing::debug!(%address, %error, "upstream failed");
-                        let error = proxy_error(error);
+                        let error = ProxyError::from(error);
                         answer_locally(&mut out, error, close, plan.head_only);
                         plan.stats
                             .record(error.status().as_u16(), started.elapsed());
@@ -556,7 +556,7 @@ fn encode_upstream_head(
 /// A response head from upstream, in `out`, and its body.
 struct Response {
     status: StatusCode,
-    body: crate::proxy::http1_client::RawBody,
+    body: http1_client::RawBody,
 }
 
 /// Sends the request head in `out` and puts the response head there.
@@ -634,11 +634,8 @@ fn answer_locally(out: &mut Vec<u8>, error: ProxyError, close: bool, head_only: 
     out.clear();
     let status = error.status();
     let body = error.label().as_bytes();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+    http1_client::push_status_line(out, status);
+    out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
     let _ = write!(out, "{}", body.len());
     out.extend_from_slice(b"\r\n");
     if close {
@@ -650,15 +647,5 @@ fn answer_locally(out: &mut Vec<u8>, error: ProxyError, close: bool, head_only: 
     // The answer to HEAD has the length its body would have, not the body.
     if !head_only {
         out.extend_from_slice(body);
-    }
-}
-
-/// As `forward` maps them.
-fn proxy_error(error: UpstreamError) -> ProxyError {
-    match error {
-        UpstreamError::Connect(..) => ProxyError::Connect,
-        UpstreamError::Request(_) => ProxyError::Upstream,
-        UpstreamError::Unusable(..) => ProxyError::BackendTls,
-        UpstreamError::TimedOut => ProxyError::Timeout,
     }
 }
