@@ -25,9 +25,56 @@ use tokio::{
 };
 
 async fn serve(snapshot: pb::Snapshot) -> Arc<Dataplane> {
-    let dataplane = Dataplane::new();
+    serve_with(Options::default(), snapshot).await
+}
+
+async fn serve_with(options: Options, snapshot: pb::Snapshot) -> Arc<Dataplane> {
+    let dataplane = Dataplane::with_options(options);
     dataplane.apply(snapshot).await.expect("snapshot applies");
     dataplane
+}
+
+/// One port for any host, and a rule for each (path prefix, backend), in
+/// that order: rule and cluster `i` for the `i`th.
+fn by_prefix(bind: u16, routes: &[(&str, std::net::SocketAddr)]) -> pb::Snapshot {
+    let index = |i: usize| u32::try_from(i).unwrap();
+    let matches = (routes.iter().enumerate())
+        .map(|(i, (path, _))| prefix(path, index(i)))
+        .collect();
+    snapshot(
+        vec![port(bind, vec![listener("", vec![vhost("", matches)])])],
+        (0..routes.len())
+            .map(|i| rule(&format!("r{i}"), vec![to_cluster(1, index(i))]))
+            .collect(),
+        (routes.iter().enumerate())
+            .map(|(i, (_, backend))| cluster(&format!("ns/r{i}:80"), &[*backend]))
+            .collect(),
+    )
+}
+
+/// What an HTTP/2 client with prior knowledge sends first: the preface and
+/// its (empty) SETTINGS.
+const H2C_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// An HTTP/2 client connection with prior knowledge to `bind`, and the task
+/// that drives it.
+async fn h2c_client<B>(
+    bind: u16,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
 }
 
 fn header_match(name: &str, value: &str) -> pb::HeaderMatch {
@@ -300,12 +347,7 @@ async fn hop_by_hop_removed_and_forwarding_headers_set() {
 
 /// Sends one HTTP/2 prior-knowledge request with `:authority` `authority`.
 async fn h2_get(bind: u16, authority: &str, path: &str) -> (u16, serde_json::Value) {
-    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _) = h2c_client(bind).await;
     let request = Request::get(format!("http://{authority}{path}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -557,14 +599,14 @@ async fn connections_without_a_complete_head_in_time_are_closed_and_busy_ones_ke
     // quarter of it), so that a loaded machine cannot make them look idle.
     const TIMEOUT: Duration = Duration::from_secs(1);
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_header_timeout: TIMEOUT,
-        ..Options::default()
-    });
-    dataplane
-        .apply(single_route(bind, "r", echo("e").await))
-        .await
-        .expect("snapshot applies");
+    let dataplane = serve_with(
+        Options {
+            client_header_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "r", echo("e").await),
+    )
+    .await;
     let connect = || TcpStream::connect(("127.0.0.1", bind));
 
     // Says nothing at all.
@@ -674,14 +716,14 @@ async fn a_request_in_flight_longer_than_the_header_timeout_is_not_cut() {
     const TIMEOUT: Duration = Duration::from_millis(300);
     let backend = slow_upstream(TIMEOUT * 3).await;
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_header_timeout: TIMEOUT,
-        ..Options::default()
-    });
-    dataplane
-        .apply(single_route(bind, "r", backend))
-        .await
-        .expect("snapshot applies");
+    let _dataplane = serve_with(
+        Options {
+            client_header_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "r", backend),
+    )
+    .await;
     let mut client = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -713,37 +755,20 @@ async fn h2_connections_without_a_stream_in_time_get_a_goaway_and_busy_ones_are_
     const TIMEOUT: Duration = Duration::from_secs(1);
     const GOAWAY: u8 = 0x7;
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_header_timeout: TIMEOUT,
-        ..Options::default()
-    });
     // "/slow" answers after two timeouts, and ends its body two more later.
-    let snapshot = snapshot(
-        vec![port(
-            bind,
-            vec![listener(
-                "",
-                vec![vhost("", vec![prefix("/slow", 1), prefix("/", 0)])],
-            )],
-        )],
-        vec![
-            rule("fast", vec![to_cluster(1, 0)]),
-            rule("slow", vec![to_cluster(1, 1)]),
-        ],
-        vec![
-            cluster("ns/fast:80", &[echo("e").await]),
-            cluster("ns/slow:80", &[slow_upstream(TIMEOUT * 2).await]),
-        ],
-    );
-    dataplane.apply(snapshot).await.expect("snapshot applies");
-    let h2_connect = || async {
-        let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        (sender, tokio::spawn(connection))
-    };
+    let routes = [
+        ("/slow", slow_upstream(TIMEOUT * 2).await),
+        ("/", echo("e").await),
+    ];
+    let dataplane = serve_with(
+        Options {
+            client_header_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        by_prefix(bind, &routes),
+    )
+    .await;
+    let h2_connect = || h2c_client(bind);
     let get = |path: &str| {
         Request::get(format!("http://a{path}"))
             .body(Empty::<Bytes>::new())
@@ -753,10 +778,7 @@ async fn h2_connections_without_a_stream_in_time_get_a_goaway_and_busy_ones_are_
     // Opens with the preface and its SETTINGS, then sends no stream.
     let silent = async {
         let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-            .await
-            .unwrap();
+        stream.write_all(H2C_OPENING).await.unwrap();
         read_until_closed(&mut stream).await
     };
     // One stream open for four timeouts.
@@ -827,14 +849,14 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_a_slo
     const TIMEOUT: Duration = Duration::from_secs(1);
     let (backend, upstream) = endless_upstream().await;
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_send_timeout: TIMEOUT,
-        ..Options::default()
-    });
-    dataplane
-        .apply(single_route(bind, "r", backend))
-        .await
-        .expect("snapshot applies");
+    let _dataplane = serve_with(
+        Options {
+            client_send_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "r", backend),
+    )
+    .await;
     // A small receive buffer, so that its window closes soon after it
     // stops reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -934,14 +956,14 @@ async fn a_request_body_that_stops_is_answered_408_on_every_path_and_slow_ones_a
     use futures::SinkExt;
     const TIMEOUT: Duration = Duration::from_millis(500);
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_body_timeout: TIMEOUT,
-        ..Options::default()
-    });
-    dataplane
-        .apply(single_route(bind, "r", body_reading_upstream().await))
-        .await
-        .expect("snapshot applies");
+    let dataplane = serve_with(
+        Options {
+            client_body_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "r", body_reading_upstream().await),
+    )
+    .await;
     let connect = || TcpStream::connect(("127.0.0.1", bind));
     let data = |bytes: &'static [u8]| Ok(hyper::body::Frame::data(Bytes::from_static(bytes)));
 
@@ -981,12 +1003,7 @@ async fn a_request_body_that_stops_is_answered_408_on_every_path_and_slow_ones_a
     // HTTP/2: a stream whose body stops answers 408; a gRPC one pausing for
     // two timeouts is not timed.
     let h2 = async {
-        let stream = connect().await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let (sender, _) = h2c_client(bind).await;
         let stopped = async {
             let (mut frames, request) = h2_streamed(false);
             frames.send(data(b"abc")).await.unwrap();
@@ -1040,38 +1057,28 @@ async fn a_stalled_body_is_408_to_h2c_upstreams_and_on_retried_and_timed_routes(
     const TIMEOUT: Duration = Duration::from_millis(500);
     let backend = body_reading_upstream().await;
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_body_timeout: TIMEOUT,
-        ..Options::default()
-    });
-    // "/" retries 502s (its bodies are held for that), "/timed" has a
-    // request timeout, "/h2c" goes to the backend over h2c, whose client
-    // resets the stream with an error of its own when the body fails.
-    let mut retried = rule("retried", vec![to_cluster(1, 0)]);
-    retried.retry = Some(pb::Retry {
+    // "/timed" has a request timeout, "/h2c" goes to the backend over h2c,
+    // whose client resets the stream with an error of its own when the
+    // body fails, and "/" retries 502s (its bodies are held for that).
+    let mut snapshot = by_prefix(
+        bind,
+        &[("/timed", backend), ("/h2c", backend), ("/", backend)],
+    );
+    snapshot.rules[0].request_timeout_ms = 10_000;
+    snapshot.clusters[1].protocol = pb::UpstreamProtocol::H2c as i32;
+    snapshot.rules[2].retry = Some(pb::Retry {
         codes: vec![502],
         attempts: 2,
         backoff_ms: 1,
     });
-    let mut timed = rule("timed", vec![to_cluster(1, 0)]);
-    timed.request_timeout_ms = 10_000;
-    let mut h2c = cluster("ns/h2c:80", &[backend]);
-    h2c.protocol = pb::UpstreamProtocol::H2c as i32;
-    let snapshot = snapshot(
-        vec![port(
-            bind,
-            vec![listener(
-                "",
-                vec![vhost(
-                    "",
-                    vec![prefix("/timed", 1), prefix("/h2c", 2), prefix("/", 0)],
-                )],
-            )],
-        )],
-        vec![retried, timed, rule("h2c", vec![to_cluster(1, 1)])],
-        vec![cluster("ns/r:80", &[backend]), h2c],
-    );
-    dataplane.apply(snapshot).await.expect("snapshot applies");
+    let dataplane = serve_with(
+        Options {
+            client_body_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        snapshot,
+    )
+    .await;
     let post =
         |path: &str, rest: &str| format!("POST {path} HTTP/1.1\r\nhost: a\r\n{rest}").into_bytes();
     let chunked = "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n";
@@ -1129,24 +1136,21 @@ async fn an_h2_stream_sent_as_the_idle_goaway_goes_out_is_served() {
     const END_STREAM: u8 = 1;
     const END_HEADERS: u8 = 4;
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_header_timeout: TIMEOUT,
-        ..Options::default()
-    });
     // Longer than the grace the data plane gives a GOAWAY.
     let backend = slow_upstream(TIMEOUT).await;
-    dataplane
-        .apply(single_route(bind, "slow", backend))
-        .await
-        .expect("snapshot applies");
+    let _dataplane = serve_with(
+        Options {
+            client_header_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "slow", backend),
+    )
+    .await;
     // A client that answers SETTINGS and PINGs, idles until the GOAWAY,
     // and sends a request the moment it arrives, before the GOAWAY's PING
     // is answered: the server has taken it (last stream id 1).
     let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
+    stream.write_all(H2C_OPENING).await.unwrap();
     let (mut read, mut chunk) = (Vec::new(), [0u8; 4096]);
     let (mut requested, mut answered) = (false, false);
     while !answered {
@@ -1214,35 +1218,20 @@ async fn an_h2_body_held_up_by_another_streams_upload_is_not_answered_408() {
     use futures::SinkExt;
     const TIMEOUT: Duration = Duration::from_millis(500);
     let bind = free_port();
-    let dataplane = Dataplane::with_options(Options {
-        client_body_timeout: TIMEOUT,
-        ..Options::default()
-    });
     // "/stuck" goes to an upstream that never reads.
-    let snapshot = snapshot(
-        vec![port(
-            bind,
-            vec![listener(
-                "",
-                vec![vhost("", vec![prefix("/stuck", 1), prefix("/", 0)])],
-            )],
-        )],
-        vec![
-            rule("reads", vec![to_cluster(1, 0)]),
-            rule("stuck", vec![to_cluster(1, 1)]),
-        ],
-        vec![
-            cluster("ns/reads:80", &[body_reading_upstream().await]),
-            cluster("ns/stuck:80", &[sink_upstream().await]),
-        ],
-    );
-    dataplane.apply(snapshot).await.expect("snapshot applies");
-    let stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let routes = [
+        ("/stuck", sink_upstream().await),
+        ("/", body_reading_upstream().await),
+    ];
+    let _dataplane = serve_with(
+        Options {
+            client_body_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        by_prefix(bind, &routes),
+    )
+    .await;
+    let (sender, _) = h2c_client(bind).await;
     // An upload of 64 MiB that its upstream does not take: it fills its
     // stream's window, and no more.
     let (mut frames, body) = futures::channel::mpsc::channel::<BodyFrame>(4);
@@ -1277,21 +1266,18 @@ async fn an_h2_body_held_up_by_another_streams_upload_is_not_answered_408() {
 async fn a_closing_port_is_not_held_by_an_h2_client_that_ignores_its_goaway() {
     const TIMEOUT: Duration = Duration::from_secs(1);
     let [bind, other] = free_ports::<2>();
-    let dataplane = Dataplane::with_options(Options {
-        client_header_timeout: TIMEOUT,
-        ..Options::default()
-    });
     let backend = echo("e").await;
-    dataplane
-        .apply(single_route(bind, "r", backend))
-        .await
-        .expect("snapshot applies");
+    let dataplane = serve_with(
+        Options {
+            client_header_timeout: TIMEOUT,
+            ..Options::default()
+        },
+        single_route(bind, "r", backend),
+    )
+    .await;
     // Sends the preface, then never answers a PING.
     let mut stream = TcpStream::connect(("127.0.0.1", bind)).await.unwrap();
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
+    stream.write_all(H2C_OPENING).await.unwrap();
     // Served as HTTP/2 once the server's SETTINGS come.
     let mut settings = [0u8; 9];
     stream.read_exact(&mut settings).await.unwrap();
