@@ -47,6 +47,12 @@ fn admin_port(stdout: ChildStdout) -> u16 {
     }
 }
 
+/// The admin listener's `/metrics` text.
+async fn scrape(client: &HttpClient, admin: u16) -> String {
+    let reply = get(client, admin, "admin", "/metrics", &[]).await;
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
 #[tokio::test]
 async fn serves_a_snapshot_file_and_reports_it() {
     let backend = echo("file").await;
@@ -94,13 +100,7 @@ async fn serves_a_snapshot_file_and_reports_it() {
     assert_eq!(debug.json()["version"], snap.version);
     assert_eq!(debug.json()["ports"][0]["bindPort"], u32::from(bind));
 
-    let metrics = String::from_utf8(
-        get(&client, admin, "admin", "/metrics", &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = scrape(&client, admin).await;
     for line in [
         "gatehouse_requests_total{route=\"ns/from-file\",status_class=\"2xx\"} 1".to_owned(),
         "gatehouse_requests_total{route=\"\",status_class=\"4xx\"} 1".to_owned(),
@@ -128,13 +128,7 @@ async fn serves_a_snapshot_file_and_reports_it() {
         .unwrap();
     assert!(received.starts_with(b"HTTP/1.1 200"));
     assert!(answered.elapsed() >= Duration::from_secs(1));
-    let metrics = String::from_utf8(
-        get(&client, admin, "admin", "/metrics", &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = scrape(&client, admin).await;
     // This one, and the client's pooled connection if it idled as long.
     let header_timeouts: u64 = metrics
         .lines()
